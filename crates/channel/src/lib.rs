@@ -1,0 +1,332 @@
+//! The contract between Waymark and the channels it sends through.
+//!
+//! A channel *kind* (`smtp`, `twilio`, `telegram`, `webhook`, ...) turns its config section
+//! into a [`Channel`]; the daemon hands each outbox message to [`Channel::deliver`] and
+//! acts on the [`Delivery`] or [`DeliveryError`] it gets back. Adapter crates depend on
+//! this crate only: no transport types (reqwest, lettre) appear in it.
+//!
+//! See `docs/channel-adapters.md` for what an adapter MUST and SHOULD do, and
+//! [`testkit`] (feature `testkit`) for the checks every adapter's tests run.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+/// One rendered message on its way to a provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundMessage {
+    /// Stable across retries and restarts: providers that deduplicate get it verbatim.
+    pub idempotency_key: String,
+    /// The configured channel name (`email`, `sms`, `crm_task`, ...).
+    pub channel: String,
+    /// The customer's address on this channel (email, phone, chat id); `None` for
+    /// channels that need none, such as webhooks.
+    pub address: Option<String>,
+    /// Rendered template fields: `subject`, `html`, `text` for email; `text` for
+    /// messengers and SMS; `body` for webhooks.
+    pub content: BTreeMap<String, String>,
+    pub customer_id: String,
+    pub journey_id: String,
+    pub step_id: String,
+    pub template: String,
+    /// Extra per-message values the daemon offers, such as `unsubscribe_url`.
+    pub links: BTreeMap<String, String>,
+}
+
+impl OutboundMessage {
+    /// A rendered field, or the empty string.
+    pub fn field(&self, name: &str) -> &str {
+        self.content.get(name).map_or("", String::as_str)
+    }
+
+    /// The address, or a permanent error for a channel that needs one.
+    ///
+    /// # Errors
+    /// [`DeliveryError::Permanent`] when the message carries no address.
+    pub fn require_address(&self) -> Result<&str, DeliveryError> {
+        self.address
+            .as_deref()
+            .ok_or_else(|| DeliveryError::Permanent {
+                reason: format!(
+                    "channel `{}` needs an address and the message has none",
+                    self.channel
+                ),
+                address_gone: false,
+            })
+    }
+}
+
+/// What a provider said when it accepted a message.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Delivery {
+    /// The provider's id for the message, used to match delivery receipts.
+    pub provider_id: Option<String>,
+    /// A short note for the message log, such as `segments=2 encoding=UCS-2` for SMS.
+    pub detail: Option<String>,
+}
+
+/// Why a message was not delivered, grouped by what the daemon should do next.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeliveryError {
+    /// Try again later: timeouts, connection errors, 5xx, 429.
+    #[error("retryable: {reason}")]
+    Retryable {
+        reason: String,
+        /// The provider's own `Retry-After`, when it gave one.
+        retry_after: Option<Duration>,
+    },
+    /// Give up on this message: the provider refused it.
+    #[error("permanent: {reason}")]
+    Permanent {
+        reason: String,
+        /// The address will never work (hard bounce, bot blocked, invalid number): the
+        /// daemon marks it unreachable on the profile so journeys fall back.
+        address_gone: bool,
+    },
+}
+
+impl DeliveryError {
+    pub fn retryable(reason: impl Into<String>) -> Self {
+        DeliveryError::Retryable {
+            reason: reason.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn permanent(reason: impl Into<String>) -> Self {
+        DeliveryError::Permanent {
+            reason: reason.into(),
+            address_gone: false,
+        }
+    }
+
+    pub fn address_gone(reason: impl Into<String>) -> Self {
+        DeliveryError::Permanent {
+            reason: reason.into(),
+            address_gone: true,
+        }
+    }
+
+    /// The usual classification of an HTTP answer that was not a success: 408, 425, 429
+    /// and 5xx retry (honouring `Retry-After` in seconds), other statuses are permanent.
+    pub fn from_http_status(
+        status: u16,
+        retry_after: Option<&str>,
+        reason: impl Into<String>,
+    ) -> Self {
+        let reason = reason.into();
+        if matches!(status, 408 | 425 | 429) || status >= 500 {
+            DeliveryError::Retryable {
+                reason: format!("HTTP {status}: {reason}"),
+                retry_after: retry_after
+                    .and_then(|s| s.trim().parse().ok())
+                    .map(Duration::from_secs),
+            }
+        } else {
+            DeliveryError::permanent(format!("HTTP {status}: {reason}"))
+        }
+    }
+}
+
+/// A delivery receipt turned into what happened to a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// The provider's id of the message, as returned in [`Delivery::provider_id`].
+    pub provider_id: Option<String>,
+    /// The recipient's address, when the provider says it.
+    pub address: Option<String>,
+    pub status: ReceiptStatus,
+    /// The provider's words, for the log.
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceiptStatus {
+    Delivered,
+    Opened,
+    Clicked,
+    /// The message will not arrive; `address_gone` as in [`DeliveryError::Permanent`].
+    Bounced {
+        address_gone: bool,
+    },
+}
+
+impl ReceiptStatus {
+    /// The event the daemon records on the customer.
+    pub fn event_name(self) -> &'static str {
+        match self {
+            ReceiptStatus::Delivered => "message_delivered",
+            ReceiptStatus::Opened => "message_opened",
+            ReceiptStatus::Clicked => "message_clicked",
+            ReceiptStatus::Bounced { .. } => "message_bounced",
+        }
+    }
+}
+
+/// A provider's callback to `POST /v1/channels/{name}/status`, as received.
+#[derive(Debug, Clone, Default)]
+pub struct StatusCallback {
+    /// The full URL the provider called, as it saw it (some sign it).
+    pub url: String,
+    /// Header names in lower case.
+    pub headers: BTreeMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl StatusCallback {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReceiptError {
+    #[error("this channel does not accept delivery receipts")]
+    Unsupported,
+    #[error("the callback's signature does not verify")]
+    BadSignature,
+    #[error("malformed callback: {0}")]
+    Malformed(String),
+}
+
+/// A configured channel that can deliver messages.
+///
+/// # Contract
+/// - `deliver` MUST pass [`OutboundMessage::idempotency_key`] to the provider where its
+///   API has a deduplication key or message id field.
+/// - `deliver` MUST classify failures: timeouts, connection errors, 5xx and 429 are
+///   [`DeliveryError::Retryable`] (with the provider's `Retry-After`); other refusals are
+///   [`DeliveryError::Permanent`], with `address_gone` when the provider says the address
+///   is dead for good.
+/// - `deliver` MUST NOT retry on its own; the daemon's outbox does, with backoff.
+#[async_trait]
+pub trait Channel: Send + Sync + 'static {
+    /// Hands one message to the provider.
+    ///
+    /// # Errors
+    /// See the contract above.
+    async fn deliver(&self, message: &OutboundMessage) -> Result<Delivery, DeliveryError>;
+
+    /// Turns a provider's status callback into receipts, verifying its signature.
+    ///
+    /// # Errors
+    /// [`ReceiptError::Unsupported`] by default; [`ReceiptError::BadSignature`] for a
+    /// callback that does not verify.
+    fn receipts(&self, callback: &StatusCallback) -> Result<Vec<Receipt>, ReceiptError> {
+        let _ = callback;
+        Err(ReceiptError::Unsupported)
+    }
+}
+
+/// A config problem, naming the key it is about.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("channel `{channel}`: {message}")]
+pub struct ConfigError {
+    pub channel: String,
+    pub message: String,
+}
+
+/// A kind of channel: `kind:` in a channel's config section picks it.
+pub trait ChannelKind: Send + Sync + 'static {
+    /// The `kind:` value, such as `smtp` or `telegram`.
+    fn kind(&self) -> &'static str;
+
+    /// The profile trait holding a customer's address on channels of this kind
+    /// (`email`, `phone`, `telegram_chat_id`, ...); `None` when it needs none.
+    fn address_trait(&self) -> Option<&'static str>;
+
+    /// Validates the config section (without its `kind` key) and builds the channel.
+    ///
+    /// # Contract
+    /// No I/O: nothing is contacted until the first delivery. Unknown config keys are
+    /// errors.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] that names the offending key.
+    fn build(
+        &self,
+        name: &str,
+        config: &serde_json::Value,
+    ) -> Result<Arc<dyn Channel>, ConfigError>;
+}
+
+/// Deserializes a config section into `T` (which should `#[serde(deny_unknown_fields)]`),
+/// ignoring the `kind` key, with errors that name the channel and the key.
+///
+/// # Errors
+/// The section does not fit `T`.
+pub fn parse_config<T: DeserializeOwned>(
+    channel: &str,
+    config: &serde_json::Value,
+) -> Result<T, ConfigError> {
+    let mut config = config.clone();
+    if let Some(map) = config.as_object_mut() {
+        map.remove("kind");
+    }
+    serde_json::from_value(config).map_err(|e| ConfigError {
+        channel: channel.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// The channel kinds a daemon knows, listed in one place.
+#[derive(Default, Clone)]
+pub struct Registry {
+    kinds: BTreeMap<&'static str, Arc<dyn ChannelKind>>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Registry::default()
+    }
+
+    /// Adds a kind; a later kind with the same name replaces an earlier one.
+    #[must_use]
+    pub fn with(mut self, kind: impl ChannelKind) -> Self {
+        self.kinds.insert(kind.kind(), Arc::new(kind));
+        self
+    }
+
+    pub fn kind(&self, name: &str) -> Option<&Arc<dyn ChannelKind>> {
+        self.kinds.get(name)
+    }
+
+    pub fn kinds(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.kinds.keys().copied()
+    }
+
+    /// Builds the channel `name` from its config section, by its `kind`.
+    ///
+    /// # Errors
+    /// No or an unknown `kind`, or the kind's own config errors.
+    pub fn build(
+        &self,
+        name: &str,
+        config: &serde_json::Value,
+    ) -> Result<(Arc<dyn Channel>, Option<&'static str>), ConfigError> {
+        let error = |message: String| ConfigError {
+            channel: name.to_owned(),
+            message,
+        };
+        let kind = config
+            .get("kind")
+            .and_then(serde_json::Value::as_str)
+            .ok_or_else(|| error("missing `kind`".to_owned()))?;
+        let kind = self.kind(kind).ok_or_else(|| {
+            let known: Vec<_> = self.kinds().collect();
+            error(format!(
+                "unknown kind `{kind}`; known kinds: {}",
+                known.join(", ")
+            ))
+        })?;
+        Ok((kind.build(name, config)?, kind.address_trait()))
+    }
+}

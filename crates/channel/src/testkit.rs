@@ -1,0 +1,341 @@
+//! What every adapter's tests use: a local HTTP server that records each request and
+//! answers scripted responses, a sample message, and compliance checks.
+//!
+//! ```ignore
+//! let server = MockServer::start(Reply::json(200, json!({"ok": true}))).await;
+//! let channel = kind.build("telegram", &json!({"kind": "telegram", "bot_token": "T", "base_url": server.url()}))?;
+//! channel.deliver(&sample_message("telegram", Some("1001"))).await?;
+//! let request = server.only_request();
+//! assert_eq!(request.path, "/botT/sendMessage");
+//! ```
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+
+use crate::{ChannelKind, DeliveryError, OutboundMessage};
+
+/// One request the server received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    /// The raw query string, without `?`.
+    pub query: String,
+    /// Header names in lower case.
+    pub headers: BTreeMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
+    }
+
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The body as JSON; panics with the body when it is not.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body_text()))
+    }
+
+    /// The body as `application/x-www-form-urlencoded` pairs, decoded.
+    pub fn form(&self) -> BTreeMap<String, String> {
+        decode_form(&self.body_text())
+    }
+
+    /// The query string's pairs, decoded.
+    pub fn query_pairs(&self) -> BTreeMap<String, String> {
+        decode_form(&self.query)
+    }
+}
+
+/// A scripted answer.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(status: u16, body: serde_json::Value) -> Reply {
+        Reply {
+            status,
+            headers: vec![("content-type".to_owned(), "application/json".to_owned())],
+            body: body.to_string(),
+        }
+    }
+
+    #[must_use]
+    pub fn with_header(mut self, name: &str, value: &str) -> Reply {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    requests: Vec<Recorded>,
+    script: VecDeque<Reply>,
+    fallback: Option<Reply>,
+}
+
+/// A local HTTP server on 127.0.0.1 with an ephemeral port, stopped when dropped.
+pub struct MockServer {
+    url: String,
+    shared: Arc<Mutex<Shared>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MockServer {
+    /// Starts a server answering every request with `reply` unless [`MockServer::push`]
+    /// scripted another answer first.
+    pub async fn start(reply: Reply) -> MockServer {
+        let shared = Arc::new(Mutex::new(Shared {
+            fallback: Some(reply),
+            ..Shared::default()
+        }));
+        let app = axum::Router::new()
+            .fallback(record)
+            .with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
+        let url = format!("http://{}", listener.local_addr().expect("bound address"));
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.expect("mock server runs");
+        });
+        MockServer { url, shared, task }
+    }
+
+    /// The base URL, such as `http://127.0.0.1:40123`, without a trailing slash.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Answers the next request with `reply` (scripted replies are used in order).
+    pub fn push(&self, reply: Reply) {
+        self.lock().script.push_back(reply);
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.lock().requests.clone()
+    }
+
+    /// The one request received; panics if there were none or several.
+    pub fn only_request(&self) -> Recorded {
+        let requests = self.requests();
+        assert_eq!(
+            requests.len(),
+            1,
+            "expected exactly one request, got {requests:#?}"
+        );
+        requests.into_iter().next().expect("one request")
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Drop for MockServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn record(
+    State(shared): State<Arc<Mutex<Shared>>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut shared = shared
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    shared.requests.push(Recorded {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+        query: uri.query().unwrap_or_default().to_owned(),
+        headers: headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body: body.to_vec(),
+    });
+    let reply = shared
+        .script
+        .pop_front()
+        .or_else(|| shared.fallback.clone());
+    drop(shared);
+    let Some(reply) = reply else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let mut response = (
+        StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        reply.body,
+    )
+        .into_response();
+    for (name, value) in reply.headers {
+        if let (Ok(name), Ok(value)) = (
+            axum::http::HeaderName::try_from(name),
+            axum::http::HeaderValue::try_from(value),
+        ) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    response
+}
+
+fn decode_form(text: &str) -> BTreeMap<String, String> {
+    text.split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                if let Some(b) = hex {
+                    out.push(b);
+                    i += 2;
+                } else {
+                    out.push(b'%');
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A message as the daemon would hand it over, for `channel` with `address`.
+pub fn sample_message(channel: &str, address: Option<&str>) -> OutboundMessage {
+    OutboundMessage {
+        idempotency_key: "wm-0123456789abcdef".to_owned(),
+        channel: channel.to_owned(),
+        address: address.map(str::to_owned),
+        content: BTreeMap::from([
+            ("subject".to_owned(), "Your cart is waiting".to_owned()),
+            (
+                "text".to_owned(),
+                "You left items worth 5000 RUB in your cart.".to_owned(),
+            ),
+            (
+                "html".to_owned(),
+                "<p>You left items worth 5000 RUB in your cart.</p>".to_owned(),
+            ),
+            (
+                "body".to_owned(),
+                r#"{"task":"call","customer":"ann"}"#.to_owned(),
+            ),
+        ]),
+        customer_id: "ann".to_owned(),
+        journey_id: "abandoned_cart".to_owned(),
+        step_id: "remind".to_owned(),
+        template: "cart_reminder".to_owned(),
+        links: BTreeMap::from([(
+            "unsubscribe_url".to_owned(),
+            "http://127.0.0.1:8080/v1/unsubscribe/token".to_owned(),
+        )]),
+    }
+}
+
+/// Compliance: a config with one unknown key is refused, and the error names that key.
+pub fn assert_rejects_unknown_fields(kind: &dyn ChannelKind, valid_config: serde_json::Value) {
+    assert!(
+        kind.build("under_test", &valid_config).is_ok(),
+        "the valid config must build: {valid_config}"
+    );
+    let mut config = valid_config;
+    config
+        .as_object_mut()
+        .expect("a config section is an object")
+        .insert("no_such_option".to_owned(), serde_json::Value::Bool(true));
+    let Err(error) = kind.build("under_test", &config) else {
+        panic!("kind `{}` accepted an unknown config key", kind.kind());
+    };
+    assert!(
+        error.message.contains("no_such_option"),
+        "the error must name the key: {error}"
+    );
+}
+
+/// Compliance for HTTP adapters: with the server answering 500, 429 with `Retry-After`
+/// and 400 in turn, `deliver` classifies each as the contract says.
+pub async fn assert_classifies_http_errors(
+    server: &MockServer,
+    channel: &dyn crate::Channel,
+    message: &OutboundMessage,
+) {
+    server.push(Reply::json(500, serde_json::json!({"error": "internal"})));
+    server.push(
+        Reply::json(429, serde_json::json!({"error": "slow down"})).with_header("retry-after", "7"),
+    );
+    server.push(Reply::json(
+        400,
+        serde_json::json!({"error": "bad request"}),
+    ));
+    match channel.deliver(message).await {
+        Err(DeliveryError::Retryable { .. }) => {}
+        other => panic!("a 500 must be retryable, got {other:?}"),
+    }
+    match channel.deliver(message).await {
+        Err(DeliveryError::Retryable { retry_after, .. }) => {
+            assert_eq!(
+                retry_after,
+                Some(std::time::Duration::from_secs(7)),
+                "429 must honour Retry-After"
+            );
+        }
+        other => panic!("a 429 must be retryable, got {other:?}"),
+    }
+    match channel.deliver(message).await {
+        Err(DeliveryError::Permanent { .. }) => {}
+        other => panic!("a 400 must be permanent, got {other:?}"),
+    }
+}
+
+/// Compliance: the idempotency key appears somewhere in what the adapter sent (a header,
+/// the body or the query), as providers that deduplicate need it.
+pub fn assert_passes_idempotency_key(request: &Recorded, message: &OutboundMessage) {
+    let key = &message.idempotency_key;
+    let seen = request.body_text().contains(key.as_str())
+        || request.query.contains(key.as_str())
+        || request.headers.values().any(|v| v.contains(key.as_str()));
+    assert!(
+        seen,
+        "the idempotency key `{key}` was not passed to the provider: {request:#?}"
+    );
+}
