@@ -153,6 +153,9 @@ impl History for NoHistory {
     }
 }
 
+/// The body of one of the history functions registered on a CEL context.
+type HistoryFn = Box<dyn Fn(&[CelValue]) -> Result<CelValue, ExecutionError> + Send + Sync>;
+
 /// Segment conditions may refer to other segments; the checker refuses cycles, this
 /// bound only keeps a bug from recursing forever.
 const MAX_SEGMENT_DEPTH: usize = 16;
@@ -178,20 +181,17 @@ fn context(scope: &Scope<'_>, profile: CelValue, depth: usize) -> Context<'stati
     };
 
     let history = scope.history.clone();
-    let add =
-        |ctx: &mut Context<'static, 'static>,
-         name: &str,
-         f: Box<dyn Fn(&[CelValue]) -> Result<CelValue, ExecutionError> + Send + Sync>| {
-            let name_owned = name.to_owned();
-            ctx.add_function(
-                name,
-                move |cel::extractors::Arguments(args): cel::extractors::Arguments| {
-                    let _ = &name_owned;
-                    f(&args)
-                },
-            )
-            .expect("history functions do not clash with CEL's own");
-        };
+    let add = |ctx: &mut Context<'static, 'static>, name: &str, f: HistoryFn| {
+        let name_owned = name.to_owned();
+        ctx.add_function(
+            name,
+            move |cel::extractors::Arguments(args): cel::extractors::Arguments| {
+                let _ = &name_owned;
+                f(&args)
+            },
+        )
+        .expect("history functions do not clash with CEL's own");
+    };
 
     {
         let history = history.clone();
@@ -340,8 +340,9 @@ fn is_cel_function(name: &str) -> bool {
 }
 
 fn is_builtin_macro_or_operator(name: &str) -> bool {
-    name.starts_with('_')
-        || name.starts_with('@')
+    // Operators are named by their shape: `_&&_`, `!_`, `-_`, `_[_]`, `@in`.
+    !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        || name.starts_with('_')
         || matches!(
             name,
             "has" | "all" | "exists" | "exists_one" | "map" | "filter"
@@ -475,6 +476,7 @@ mod tests {
             .is_ok()
         );
         assert!(Expr::compile("profile.name.startsWith('A')", Pos::default()).is_ok());
+        assert!(Expr::compile("!in_segment(\"vip\") && -profile.debt < 0", Pos::default()).is_ok());
     }
 
     #[test]

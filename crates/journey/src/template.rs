@@ -77,12 +77,15 @@ impl Template {
         })?;
         let mut profile = ctx.profile.clone();
         profile.insert("id".to_owned(), Value::String(ctx.profile_id.to_owned()));
-        let globals = liquid::object!({
-            "profile": to_liquid(&Value::Object(profile)),
-            "event": to_liquid(&Value::Object(ctx.event.clone())),
-            "trigger": to_liquid(&Value::Object(ctx.trigger.clone())),
-            "journey": liquid::object!({ "id": ctx.journey_id }),
-        });
+        let mut globals = Map::new();
+        globals.insert("profile".to_owned(), Value::Object(profile));
+        globals.insert("event".to_owned(), Value::Object(ctx.event.clone()));
+        globals.insert("trigger".to_owned(), Value::Object(ctx.trigger.clone()));
+        globals.insert(
+            "journey".to_owned(),
+            serde_json::json!({ "id": ctx.journey_id }),
+        );
+        let globals = Lenient::new(&Value::Object(globals));
         part.iter()
             .map(|(field, liquid)| {
                 liquid
@@ -92,6 +95,142 @@ impl Template {
                     .map_err(|e| format!("template `{}`, {channel}.{field}: {e}", self.name))
             })
             .collect()
+    }
+}
+
+/// A value for Liquid in which a missing key reads as `nil` rather than an error, so that
+/// `{{ profile.first_name | default: 'friend' }}` works for a customer without a first name,
+/// as the language promises ("a missing trait is null").
+#[derive(Debug)]
+enum Lenient {
+    Object {
+        value: liquid::model::Value,
+        fields: BTreeMap<String, Lenient>,
+    },
+    Other(liquid::model::Value),
+}
+
+static NIL: liquid::model::Value = liquid::model::Value::Nil;
+
+impl Lenient {
+    fn new(value: &Value) -> Lenient {
+        match value {
+            Value::Object(map) => Lenient::Object {
+                value: to_liquid(value),
+                fields: map
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Lenient::new(v)))
+                    .collect(),
+            },
+            other => Lenient::Other(to_liquid(other)),
+        }
+    }
+
+    fn inner(&self) -> &liquid::model::Value {
+        match self {
+            Lenient::Object { value, .. } | Lenient::Other(value) => value,
+        }
+    }
+}
+
+impl liquid::ValueView for Lenient {
+    fn as_debug(&self) -> &dyn std::fmt::Debug {
+        self
+    }
+    fn render(&self) -> liquid::model::DisplayCow<'_> {
+        self.inner().render()
+    }
+    fn source(&self) -> liquid::model::DisplayCow<'_> {
+        self.inner().source()
+    }
+    fn type_name(&self) -> &'static str {
+        self.inner().type_name()
+    }
+    fn query_state(&self, state: liquid::model::State) -> bool {
+        self.inner().query_state(state)
+    }
+    fn to_kstr(&self) -> liquid::model::KStringCow<'_> {
+        self.inner().to_kstr()
+    }
+    fn to_value(&self) -> liquid::model::Value {
+        self.inner().to_value()
+    }
+    fn as_scalar(&self) -> Option<liquid::model::ScalarCow<'_>> {
+        self.inner().as_scalar()
+    }
+    fn as_array(&self) -> Option<&dyn liquid::model::ArrayView> {
+        self.inner().as_array()
+    }
+    fn as_object(&self) -> Option<&dyn liquid::ObjectView> {
+        match self {
+            Lenient::Object { .. } => Some(self),
+            Lenient::Other(value) => value.as_object(),
+        }
+    }
+    fn as_state(&self) -> Option<liquid::model::State> {
+        self.inner().as_state()
+    }
+    fn is_nil(&self) -> bool {
+        self.inner().is_nil()
+    }
+}
+
+impl liquid::ObjectView for Lenient {
+    fn as_value(&self) -> &dyn liquid::ValueView {
+        self
+    }
+    fn size(&self) -> i64 {
+        match self {
+            Lenient::Object { fields, .. } => i64::try_from(fields.len()).unwrap_or(i64::MAX),
+            Lenient::Other(_) => 0,
+        }
+    }
+    fn keys<'k>(&'k self) -> Box<dyn Iterator<Item = liquid::model::KStringCow<'k>> + 'k> {
+        match self {
+            Lenient::Object { fields, .. } => Box::new(
+                fields
+                    .keys()
+                    .map(|k| liquid::model::KStringCow::from_ref(k.as_str())),
+            ),
+            Lenient::Other(_) => Box::new(std::iter::empty()),
+        }
+    }
+    fn values<'k>(&'k self) -> Box<dyn Iterator<Item = &'k dyn liquid::ValueView> + 'k> {
+        match self {
+            Lenient::Object { fields, .. } => {
+                Box::new(fields.values().map(|v| v as &dyn liquid::ValueView))
+            }
+            Lenient::Other(_) => Box::new(std::iter::empty()),
+        }
+    }
+    fn iter<'k>(
+        &'k self,
+    ) -> Box<dyn Iterator<Item = (liquid::model::KStringCow<'k>, &'k dyn liquid::ValueView)> + 'k>
+    {
+        match self {
+            Lenient::Object { fields, .. } => Box::new(fields.iter().map(|(k, v)| {
+                (
+                    liquid::model::KStringCow::from_ref(k.as_str()),
+                    v as &dyn liquid::ValueView,
+                )
+            })),
+            Lenient::Other(_) => Box::new(std::iter::empty()),
+        }
+    }
+    fn contains_key(&self, _index: &str) -> bool {
+        true
+    }
+    fn get<'s>(&'s self, index: &str) -> Option<&'s dyn liquid::ValueView> {
+        match self {
+            Lenient::Object { fields, .. } => Some(
+                fields
+                    .get(index)
+                    .map_or(&NIL as &dyn liquid::ValueView, |v| {
+                        v as &dyn liquid::ValueView
+                    }),
+            ),
+            Lenient::Other(_) => None,
+        }
     }
 }
 

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod check;
 mod graph;
+mod test;
 
 /// Marketing journeys as code: check them, test them, run them.
 #[derive(Parser)]
@@ -30,6 +31,11 @@ enum Command {
         #[arg(long, value_enum, default_value_t = graph::Format::Mermaid)]
         format: graph::Format,
     },
+    /// Run the scenario tests (`tests/*.test.yaml`) of journeys workspaces.
+    Test {
+        /// Workspace directories (default: journeys/).
+        dirs: Vec<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -37,6 +43,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check { paths } => check::run(&paths),
         Command::Graph { file, format } => graph::run(&file, format),
+        Command::Test { dirs } => test::run(&dirs),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,522 @@
+//! Loading a journeys workspace: every file read, parsed and cross-checked in one pass, so
+//! that a marketer sees every problem at once rather than one per run.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::analysis;
+use crate::diagnostics::{self, Diagnostic, codes};
+use crate::journey_file::{self, Edge, Env};
+use crate::model::{Journey, Pos, Segment, Segments, Workspace};
+use crate::parse::{self, KnownSegments, OptionalField, Report};
+use crate::template::{Template, parse_liquid};
+use crate::yaml::{self, Node, NodeValue};
+
+/// The segments file's name inside a workspace.
+pub const SEGMENTS_FILE: &str = "segments.yaml";
+
+/// Everything learnt from checking a workspace, valid or not.
+#[derive(Debug)]
+pub struct LoadReport {
+    /// The workspace, when there is no error.
+    pub workspace: Option<Workspace>,
+    /// Every journey that is valid on its own, sorted by id, even when other files have
+    /// errors (so that `waymark graph` can draw it).
+    pub journeys: Vec<Arc<Journey>>,
+    /// Errors and warnings, sorted by file and position, each with its source line.
+    pub diagnostics: Vec<Diagnostic>,
+    /// The journey files read.
+    pub journey_files: Vec<PathBuf>,
+    /// The template files read.
+    pub template_files: Vec<PathBuf>,
+}
+
+impl LoadReport {
+    pub fn error_count(&self) -> usize {
+        self.diagnostics.iter().filter(|d| d.is_error()).count()
+    }
+
+    pub fn warning_count(&self) -> usize {
+        self.diagnostics.len() - self.error_count()
+    }
+}
+
+/// Loads and validates the workspace at `root`: `root/*.yaml` are journeys (except
+/// `segments.yaml`), `root/templates/*.yaml` templates named by their file stem;
+/// `root/tests/` is left to `waymark test`.
+///
+/// # Errors
+/// Every error and warning found, sorted by file and position, when there is at least one
+/// error. On success the warnings come with the workspace.
+pub fn load(root: &Path) -> Result<(Workspace, Vec<Diagnostic>), Vec<Diagnostic>> {
+    let report = load_report(root, &[]);
+    match report.workspace {
+        Some(workspace) => Ok((workspace, report.diagnostics)),
+        None => Err(report.diagnostics),
+    }
+}
+
+/// Like [`load`], but also reads `extra_journeys` as journeys of the workspace (a file
+/// `waymark check` was given that does not sit in `root`), and reports what was read
+/// whether or not the workspace is valid.
+pub fn load_report(root: &Path, extra_journeys: &[PathBuf]) -> LoadReport {
+    let mut diagnostics = Vec::new();
+    let mut sources: BTreeMap<PathBuf, String> = BTreeMap::new();
+
+    let (mut journey_files, segments_file) = list_workspace(root, &mut diagnostics);
+    for extra in extra_journeys {
+        if !journey_files.contains(extra) {
+            journey_files.push(extra.clone());
+        }
+    }
+    let template_files = list_yaml(&join(root, "templates"));
+
+    let segments = match &segments_file {
+        Some(path) => match read_yaml(path, &mut sources, &mut diagnostics) {
+            Some(node) => load_segments(path, &node, &mut diagnostics),
+            None => SegmentsSeen::default(),
+        },
+        None => SegmentsSeen::default(),
+    };
+
+    let mut templates = BTreeMap::new();
+    let mut template_names = BTreeSet::new();
+    for path in &template_files {
+        let Some(name) = path.file_stem().and_then(|s| s.to_str()) else {
+            continue;
+        };
+        template_names.insert(name.to_owned());
+        if let Some(node) = read_yaml(path, &mut sources, &mut diagnostics)
+            && let Some(t) = load_template(path, name, &node, &mut diagnostics)
+        {
+            templates.insert(name.to_owned(), t);
+        }
+    }
+
+    let env = Env {
+        segments: &segments,
+        templates: &templates,
+        template_names: &template_names,
+    };
+    let mut journeys: Vec<Journey> = Vec::new();
+    let mut ids: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for path in &journey_files {
+        let Some(node) = read_yaml(path, &mut sources, &mut diagnostics) else {
+            continue;
+        };
+        let mut r = Report {
+            file: path,
+            diagnostics: &mut diagnostics,
+        };
+        let parsed = journey_file::parse_journey(&mut r, &node, &env, path);
+        if let Some((id, pos, len)) = &parsed.id {
+            if let Some(first) = ids.get(id) {
+                r.error_at(
+                    *pos,
+                    *len,
+                    codes::DUPLICATE_ID,
+                    format!(
+                        "duplicate journey id `{id}`: {} already has it",
+                        first.display()
+                    ),
+                );
+                continue;
+            }
+            ids.insert(id.clone(), path.clone());
+        }
+        if let Some(mut journey) = parsed.journey {
+            journey.version = version(path, &sources, &parsed.templates, root);
+            journeys.push(journey);
+        }
+    }
+
+    for d in &mut diagnostics {
+        if let Some(source) = sources.get(&d.file) {
+            d.attach_source(source);
+        }
+    }
+    diagnostics::sort(&mut diagnostics);
+    journeys.sort_by(|a, b| a.id.cmp(&b.id));
+    let journeys: Vec<Arc<Journey>> = journeys.into_iter().map(Arc::new).collect();
+    let workspace = (!diagnostics.iter().any(Diagnostic::is_error)).then(|| Workspace {
+        root: root.to_path_buf(),
+        journeys: journeys.clone(),
+        segments: Arc::new(Segments {
+            by_name: segments.loaded,
+        }),
+        templates: Arc::new(templates),
+    });
+    LoadReport {
+        workspace,
+        journeys,
+        diagnostics,
+        journey_files,
+        template_files,
+    }
+}
+
+/// Reads and parses a file, keeping its text for diagnostics and version hashes.
+fn read_yaml(
+    path: &Path,
+    sources: &mut BTreeMap<PathBuf, String>,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<Node> {
+    let source = match std::fs::read_to_string(path) {
+        Ok(s) => s,
+        Err(e) => {
+            diagnostics.push(Diagnostic::error(
+                path,
+                Pos::default(),
+                codes::IO,
+                format!("cannot read file: {e}"),
+            ));
+            return None;
+        }
+    };
+    let parsed = yaml::parse(&source, path);
+    sources.insert(path.to_path_buf(), source);
+    parsed.map_err(|d| diagnostics.push(d)).ok()
+}
+
+/// The journey files of a workspace (sorted) and its segments file, if any.
+fn list_workspace(
+    root: &Path,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> (Vec<PathBuf>, Option<PathBuf>) {
+    if !root.is_dir() {
+        diagnostics.push(Diagnostic::error(
+            root,
+            Pos::default(),
+            codes::IO,
+            "not a directory: expected a journeys workspace",
+        ));
+        return (Vec::new(), None);
+    }
+    let mut journeys = Vec::new();
+    let mut segments = None;
+    for path in list_yaml(root) {
+        if path.file_name().is_some_and(|n| n == SEGMENTS_FILE) {
+            segments = Some(path);
+        } else {
+            journeys.push(path);
+        }
+    }
+    (journeys, segments)
+}
+
+/// The `*.yaml` and `*.yml` files directly in `dir`, sorted; none if it does not exist.
+fn list_yaml(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_file()
+                && p.extension().is_some_and(|e| e == "yaml" || e == "yml")
+                && !p
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with('.'))
+        })
+        .map(|p| join(dir, p.file_name().expect("a listed file has a name")))
+        .collect();
+    files.sort();
+    files
+}
+
+/// `dir/name`, but just `name` in `.`: `waymark check` run inside a workspace names its
+/// files `cart.yaml`, not `./cart.yaml`.
+fn join(dir: &Path, name: impl AsRef<Path>) -> PathBuf {
+    if dir == Path::new(".") {
+        name.as_ref().to_path_buf()
+    } else {
+        dir.join(name)
+    }
+}
+
+/// A journey's version: FNV-1a 64 over its file and each template it sends, in name order,
+/// so editing either makes a new version that new enrollments pin.
+fn version(
+    path: &Path,
+    sources: &BTreeMap<PathBuf, String>,
+    templates: &BTreeSet<String>,
+    root: &Path,
+) -> String {
+    let mut hash = Fnv1a64::new();
+    hash.write(sources.get(path).map_or(&b""[..], |s| s.as_bytes()));
+    for name in templates {
+        let file = template_file(root, name, sources);
+        hash.write(&[0xff]);
+        hash.write(name.as_bytes());
+        hash.write(&[0]);
+        hash.write(file.map_or(&b""[..], |s| s.as_bytes()));
+    }
+    format!("{:016x}", hash.finish())
+}
+
+fn template_file<'s>(
+    root: &Path,
+    name: &str,
+    sources: &'s BTreeMap<PathBuf, String>,
+) -> Option<&'s String> {
+    let dir = join(root, "templates");
+    ["yaml", "yml"]
+        .iter()
+        .find_map(|ext| sources.get(&dir.join(format!("{name}.{ext}"))))
+}
+
+/// FNV-1a, 64 bits: stable across Rust versions and platforms, unlike `DefaultHasher`.
+pub(crate) struct Fnv1a64(u64);
+
+impl Fnv1a64 {
+    pub fn new() -> Self {
+        Fnv1a64(0xcbf2_9ce4_8422_2325)
+    }
+
+    pub fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    pub fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// The segments file as far as it could be read: every name written (so a journey naming
+/// a segment whose condition is broken is not told it does not exist) and those that
+/// loaded.
+#[derive(Default)]
+struct SegmentsSeen {
+    names: BTreeSet<String>,
+    loaded: BTreeMap<String, Segment>,
+}
+
+impl KnownSegments for SegmentsSeen {
+    fn has_segment(&self, name: &str) -> bool {
+        self.names.contains(name)
+    }
+
+    fn segment_names(&self) -> Vec<&str> {
+        self.names.iter().map(String::as_str).collect()
+    }
+}
+
+fn load_segments(path: &Path, root: &Node, diagnostics: &mut Vec<Diagnostic>) -> SegmentsSeen {
+    let mut seen = SegmentsSeen::default();
+    let mut r = Report {
+        file: path,
+        diagnostics,
+    };
+    if root.is_null() {
+        return seen;
+    }
+    let Some(top) = parse::map(&mut r, root, "segments.yaml") else {
+        return seen;
+    };
+    parse::check_keys(&mut r, top, &["segments"], "segments.yaml");
+    let Some(node) = parse::get(top, "segments") else {
+        return seen;
+    };
+    if node.is_null() {
+        return seen;
+    }
+    let Some(entries) = parse::map(&mut r, node, "`segments`") else {
+        return seen;
+    };
+    seen.names = entries.iter().map(|(k, _)| k.name.clone()).collect();
+    // Each `in_segment` reference, for the cycle check.
+    let mut edges = Vec::new();
+    for (i, (key, value)) in entries.iter().enumerate() {
+        let what = format!("segment `{}`", key.name);
+        let Some(fields) = parse::map(&mut r, value, &what) else {
+            continue;
+        };
+        parse::check_keys(&mut r, fields, &["description", "where"], &what);
+        let description =
+            parse::get(fields, "description").map(|n| parse::string(&mut r, n, "`description`"));
+        let condition = parse::require(&mut r, fields, "where", (key.pos, key.len), &what)
+            .and_then(|n| {
+                let expr = parse::expr(&mut r, n, &seen, "`where`")?;
+                for target in expr.segment_references() {
+                    if let Some(to) = entries.iter().position(|(k, _)| k.name == target) {
+                        edges.push(Edge {
+                            from: i,
+                            to,
+                            pos: n.pos,
+                            len: n.len,
+                        });
+                    }
+                }
+                Some(expr)
+            });
+        if let (Some(condition), Some(description)) = (condition, description.field()) {
+            seen.loaded.insert(
+                key.name.clone(),
+                Segment {
+                    name: key.name.clone(),
+                    description,
+                    condition,
+                    pos: key.pos,
+                },
+            );
+        }
+    }
+    report_segment_cycles(&mut r, entries, &edges);
+    seen
+}
+
+/// Segments whose conditions refer to each other in a circle can never be evaluated.
+fn report_segment_cycles(r: &mut Report<'_>, entries: &[(yaml::Key, Node)], edges: &[Edge]) {
+    let mut adjacency: Vec<Vec<&Edge>> = vec![Vec::new(); entries.len()];
+    for edge in edges {
+        adjacency[edge.from].push(edge);
+    }
+    for component in analysis::strongly_connected(&adjacency) {
+        let Some(&first) = component.iter().min() else {
+            continue;
+        };
+        let Some(path) = analysis::shortest_cycle(&adjacency, &component, first) else {
+            continue;
+        };
+        let names: Vec<String> = path
+            .iter()
+            .map(|e| format!("`{}`", entries[e.from].0.name))
+            .chain(std::iter::once(format!("`{}`", entries[first].0.name)))
+            .collect();
+        let closing = path.last().expect("a cycle has at least one reference");
+        r.error_at(
+            closing.pos,
+            closing.len,
+            codes::SEGMENT_CYCLE,
+            format!(
+                "segment cycle: {} refer to each other through `in_segment`, so none of them can be evaluated",
+                names.join(" -> ")
+            ),
+        );
+    }
+}
+
+/// The fields a template part may have, by channel.
+fn template_fields(channel: &str) -> &'static [&'static str] {
+    if channel == "email" {
+        &["subject", "html", "text"]
+    } else {
+        &["text", "body"]
+    }
+}
+
+fn load_template(
+    path: &Path,
+    name: &str,
+    root: &Node,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<Template> {
+    let mut r = Report {
+        file: path,
+        diagnostics,
+    };
+    let errors = r.error_count();
+    let what = format!("template `{name}`");
+    let parts_node = match &root.value {
+        NodeValue::Map(parts) if !parts.is_empty() => parts,
+        _ => {
+            r.error_at(
+                root.pos.max(Pos { line: 1, column: 1 }),
+                0,
+                codes::TEMPLATE_SHAPE,
+                format!("{what} needs one part per channel, such as `email: {{subject: ..., text: ...}}`"),
+            );
+            return None;
+        }
+    };
+    let mut parts = BTreeMap::new();
+    for (channel, part) in parts_node {
+        let part_what = format!("the `{}` part of {what}", channel.name);
+        let Some(fields) = parse::map(&mut r, part, &part_what) else {
+            continue;
+        };
+        let allowed = template_fields(&channel.name);
+        parse::check_keys(&mut r, fields, allowed, &part_what);
+        let has = |f: &str| parse::get(fields, f).is_some();
+        let missing = if channel.name == "email" {
+            if !has("subject") {
+                Some("an email part needs a `subject`")
+            } else if !has("html") && !has("text") {
+                Some("an email part needs `html` or `text`, or both")
+            } else {
+                None
+            }
+        } else if !has("text") && !has("body") {
+            Some("a part needs `text` (messengers, sms) or `body` (webhooks)")
+        } else {
+            None
+        };
+        if let Some(why) = missing {
+            r.error_key(
+                channel,
+                codes::TEMPLATE_SHAPE,
+                format!("{why}, in {part_what}"),
+            );
+        }
+        let mut texts = BTreeMap::new();
+        for (field, value) in fields {
+            if !allowed.contains(&field.name.as_str()) {
+                continue;
+            }
+            let Some(text) = parse::string(&mut r, value, &format!("`{}`", field.name)) else {
+                continue;
+            };
+            match parse_liquid(&text) {
+                Ok(liquid) => {
+                    texts.insert(field.name.clone(), liquid);
+                }
+                Err(e) => {
+                    let (offset, why) = liquid_error(&e);
+                    let pos = offset.map_or(value.pos, |o| value.pos_at(o));
+                    r.error_at(
+                        pos,
+                        if pos == value.pos { value.len } else { 1 },
+                        codes::INVALID_LIQUID,
+                        format!(
+                            "invalid Liquid in `{}.{}` of {what}: {why}",
+                            channel.name, field.name
+                        ),
+                    );
+                }
+            }
+        }
+        parts.insert(channel.name.clone(), texts);
+    }
+    (r.error_count() == errors).then(|| Template {
+        name: name.to_owned(),
+        parts,
+    })
+}
+
+/// Liquid's errors are drawn like a compiler's (`--> 1:4`, the line, `= expected ...`);
+/// keep the reason and, for a problem on the first line, the character offset.
+fn liquid_error(error: &str) -> (Option<usize>, String) {
+    let reason: Vec<&str> = error
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("= "))
+        .collect();
+    let reason = if reason.is_empty() {
+        error.trim().replace('\n', " ")
+    } else {
+        reason.join("; ")
+    };
+    let offset = error
+        .split_once("--> ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|at| at.split_once(':'))
+        .filter(|(line, _)| *line == "1")
+        .and_then(|(_, column)| column.parse::<usize>().ok())
+        .map(|column| column.saturating_sub(1));
+    (offset, reason)
+}

@@ -1,0 +1,243 @@
+//! The `policy:` section (language section 5). Journeys, scenario tests and the daemon's
+//! config all carry one with the same syntax, so it is parsed here once for all of them.
+
+use std::path::Path;
+
+use crate::diagnostics::{Diagnostic, codes};
+use crate::model::{Cap, Fatigue, PolicyOverride};
+use crate::parse::{self, Report};
+use crate::yaml::Node;
+
+const POLICY_KEYS: [&str; 6] = [
+    "timezone",
+    "channels",
+    "quiet_hours",
+    "frequency_cap",
+    "fatigue",
+    "max_lateness",
+];
+
+/// Parses a `policy:` mapping: the keys present override the policy below.
+///
+/// `file` is only used to name the source in diagnostics.
+///
+/// # Errors
+/// Every problem found (unknown keys, bad durations, time zones, caps...).
+pub fn parse_policy(node: &Node, file: &Path) -> Result<PolicyOverride, Vec<Diagnostic>> {
+    let mut diagnostics = Vec::new();
+    let mut r = Report {
+        file,
+        diagnostics: &mut diagnostics,
+    };
+    match policy(&mut r, node) {
+        Some(policy) if diagnostics.is_empty() => Ok(policy),
+        _ => Err(diagnostics),
+    }
+}
+
+/// [`parse_policy`] for a policy held as JSON (positions are then unknown).
+///
+/// # Errors
+/// As [`parse_policy`].
+pub fn parse_policy_json(
+    value: &serde_json::Value,
+    source: &Path,
+) -> Result<PolicyOverride, Vec<Diagnostic>> {
+    parse_policy(&Node::from_json(value), source)
+}
+
+/// [`parse_policy_json`] with the problems as one readable line, for callers that only
+/// need to say why a policy section was refused.
+///
+/// # Errors
+/// Every problem's message, joined by `; `.
+pub fn policy_override_from_json(value: &serde_json::Value) -> Result<PolicyOverride, String> {
+    parse_policy_json(value, Path::new("")).map_err(|diagnostics| {
+        diagnostics
+            .iter()
+            .map(|d| d.message.as_str())
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
+}
+
+pub(crate) fn policy(r: &mut Report<'_>, node: &Node) -> Option<PolicyOverride> {
+    if node.is_null() {
+        return Some(PolicyOverride::default());
+    }
+    let entries = parse::map(r, node, "`policy`")?;
+    parse::check_keys(r, entries, &POLICY_KEYS, "`policy`");
+    let errors = r.error_count();
+    let mut out = PolicyOverride::default();
+    if let Some(n) = parse::get(entries, "timezone") {
+        out.timezone = parse::timezone(r, n);
+    }
+    if let Some(n) = parse::get(entries, "channels") {
+        out.channels = channels(r, n);
+    }
+    if let Some(n) = parse::get(entries, "quiet_hours") {
+        out.quiet_hours = parse::quiet_hours(r, n);
+    }
+    if let Some(n) = parse::get(entries, "frequency_cap") {
+        let caps: Vec<Option<Cap>> = parse::one_or_many(n)
+            .iter()
+            .map(|c| cap(r, c, "`frequency_cap`", true))
+            .collect();
+        out.frequency_caps = caps.into_iter().collect();
+    }
+    if let Some(n) = parse::get(entries, "fatigue") {
+        out.fatigue = fatigue(r, n);
+    }
+    if let Some(n) = parse::get(entries, "max_lateness") {
+        out.max_lateness = parse::duration(r, n, "`max_lateness`");
+    }
+    (r.error_count() == errors).then_some(out)
+}
+
+fn channels(r: &mut Report<'_>, node: &Node) -> Option<Vec<String>> {
+    let Some(items) = node.as_seq() else {
+        r.error(
+            node,
+            codes::WRONG_TYPE,
+            format!(
+                "expected a list of channels for `channels`, such as [email, sms], found {}",
+                node.kind_name()
+            ),
+        );
+        return None;
+    };
+    if items.is_empty() {
+        r.error(
+            node,
+            codes::INVALID_VALUE,
+            "`channels` needs at least one channel".to_owned(),
+        );
+        return None;
+    }
+    let mut out: Vec<String> = Vec::new();
+    for item in items {
+        let name = parse::name(r, item, "a channel")?;
+        if out.contains(&name) {
+            r.error(
+                item,
+                codes::INVALID_VALUE,
+                format!("channel `{name}` is listed twice in `channels`"),
+            );
+        }
+        out.push(name);
+    }
+    Some(out)
+}
+
+/// `{max: 3, per: 7d, channel: email}`; `channel` only where a cap may be per channel.
+fn cap(r: &mut Report<'_>, node: &Node, what: &str, channel_allowed: bool) -> Option<Cap> {
+    let entries = parse::map(r, node, what)?;
+    let allowed: &[&str] = if channel_allowed {
+        &["max", "per", "channel"]
+    } else {
+        &["max", "per"]
+    };
+    parse::check_keys(r, entries, allowed, what);
+    let at = (node.pos, node.len);
+    let max =
+        parse::require(r, entries, "max", at, what).and_then(|n| parse::positive(r, n, "`max`"));
+    let per =
+        parse::require(r, entries, "per", at, what).and_then(|n| parse::duration(r, n, "`per`"));
+    let channel = match parse::get(entries, "channel") {
+        Some(n) if channel_allowed => Some(parse::name(r, n, "`channel`")?),
+        _ => None,
+    };
+    Some(Cap {
+        max: max?,
+        per: per?,
+        channel,
+    })
+}
+
+fn fatigue(r: &mut Report<'_>, node: &Node) -> Option<Fatigue> {
+    let entries = parse::map(r, node, "`fatigue`")?;
+    parse::check_keys(r, entries, &["unopened", "cap"], "`fatigue`");
+    let at = (node.pos, node.len);
+    let unopened = parse::require(r, entries, "unopened", at, "`fatigue`")
+        .and_then(|n| parse::positive(r, n, "`unopened`"));
+    // Fatigue is judged per channel already, so its cap takes no `channel`.
+    let cap = parse::require(r, entries, "cap", at, "`fatigue`")
+        .and_then(|n| cap(r, n, "`fatigue.cap`", false));
+    Some(Fatigue {
+        unopened: unopened?,
+        cap: cap?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::QuietHours;
+    use chrono::{NaiveTime, TimeDelta};
+
+    fn parse_str(src: &str) -> Result<PolicyOverride, Vec<Diagnostic>> {
+        let file = Path::new("config.yaml");
+        let node = crate::yaml::parse(src, file).unwrap();
+        parse_policy(&node, file)
+    }
+
+    #[test]
+    fn parses_every_key() {
+        let p = parse_str(
+            "timezone: Europe/Moscow\nchannels: [telegram, email]\nquiet_hours: \"21:00-09:00\"\n\
+             frequency_cap: [{max: 3, per: 7d}, {max: 1, per: 1d, channel: sms}]\n\
+             fatigue: {unopened: 3, cap: {max: 1, per: 7d}}\nmax_lateness: 2h\n",
+        )
+        .unwrap();
+        assert_eq!(p.timezone, Some(chrono_tz::Tz::Europe__Moscow));
+        assert_eq!(
+            p.channels.as_deref(),
+            Some(&["telegram".to_owned(), "email".to_owned()][..])
+        );
+        assert_eq!(
+            p.quiet_hours,
+            Some(QuietHours {
+                start: NaiveTime::from_hms_opt(21, 0, 0).unwrap(),
+                end: NaiveTime::from_hms_opt(9, 0, 0).unwrap(),
+            })
+        );
+        let caps = p.frequency_caps.unwrap();
+        assert_eq!(caps.len(), 2);
+        assert_eq!(caps[1].channel.as_deref(), Some("sms"));
+        assert_eq!(p.fatigue.unwrap().cap.per, TimeDelta::days(7));
+        assert_eq!(p.max_lateness, Some(TimeDelta::hours(2)));
+    }
+
+    #[test]
+    fn a_single_cap_is_a_list_of_one() {
+        let p = parse_str("frequency_cap: {max: 3, per: 7d}").unwrap();
+        assert_eq!(p.frequency_caps.unwrap().len(), 1);
+    }
+
+    #[test]
+    fn reports_all_problems() {
+        let errors = parse_str(
+            "timezone: Mars/Olympus\nquiet_hours: 21-9\nfrequency_cap: {max: 0, per: 1 week}\nfatige: {}\n",
+        )
+        .unwrap_err();
+        let messages: Vec<&str> = errors.iter().map(|d| d.message.as_str()).collect();
+        assert_eq!(errors.len(), 5, "{messages:#?}");
+        assert!(messages.iter().any(|m| m.contains("Mars/Olympus")));
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.contains("did you mean `fatigue`"))
+        );
+        assert!(messages.iter().any(|m| m.contains("`1 week`")));
+    }
+
+    #[test]
+    fn from_json() {
+        let p = parse_policy_json(
+            &serde_json::json!({"quiet_hours": "22:00-08:00"}),
+            Path::new("<api>"),
+        )
+        .unwrap();
+        assert!(p.quiet_hours.is_some());
+    }
+}

@@ -1,0 +1,273 @@
+//! The trickier validation rules, each on a small workspace, and snapshots of how their
+//! errors read.
+
+use std::path::Path;
+
+use tempfile::TempDir;
+use waymark_journey::{Diagnostic, Severity, graph, load};
+
+const SEGMENTS: &str = "segments:\n  vip:\n    where: profile.vip == true\n";
+const EMAIL_ONLY: &str = "email:\n  subject: Hi\n  text: Hello\n";
+const EMAIL_AND_SMS: &str = "email:\n  subject: Hi\n  text: Hello\nsms:\n  text: Hello\n";
+
+/// A workspace with a `vip` segment, templates `hello` (email only) and `both` (email and
+/// sms), and the given files.
+fn workspace(files: &[(&str, &str)]) -> TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("templates")).unwrap();
+    std::fs::write(dir.path().join("segments.yaml"), SEGMENTS).unwrap();
+    std::fs::write(dir.path().join("templates/hello.yaml"), EMAIL_ONLY).unwrap();
+    std::fs::write(dir.path().join("templates/both.yaml"), EMAIL_AND_SMS).unwrap();
+    for (name, text) in files {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    dir
+}
+
+/// Every diagnostic, rendered, with the temporary directory shown as `journeys`.
+fn diagnostics(dir: &Path) -> (Vec<Diagnostic>, String) {
+    let diagnostics = match load(dir) {
+        Ok((_, warnings)) => warnings,
+        Err(all) => all,
+    };
+    let text: String = diagnostics
+        .iter()
+        .map(|d| format!("{}\n", d.render()))
+        .collect();
+    let text = text.replace(&dir.display().to_string(), "journeys");
+    (diagnostics, text)
+}
+
+fn errors_in(dir: &Path) -> Vec<Diagnostic> {
+    diagnostics(dir)
+        .0
+        .into_iter()
+        .filter(Diagnostic::is_error)
+        .collect()
+}
+
+#[test]
+fn an_instant_cycle_is_an_error_naming_its_steps() {
+    let dir = workspace(&[(
+        "loop.yaml",
+        "id: looping\ntrigger: {event: signed_up}\nsteps:\n  a:\n    send: email\n    template: hello\n    next: b\n  b:\n    update: {traits: {seen: true}}\n    next: a\n",
+    )]);
+    let errors = errors_in(dir.path());
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(errors[0].message.contains("cycle"));
+    assert!(
+        errors[0].message.contains("`a` -> `b` -> `a`"),
+        "{}",
+        errors[0].message
+    );
+    // It points at the transition that closes the loop.
+    assert_eq!(errors[0].pos.line, 10);
+}
+
+#[test]
+fn a_wait_anywhere_in_a_loop_breaks_it() {
+    let dir = workspace(&[(
+        "loop.yaml",
+        "id: looping\ntrigger: {event: signed_up}\nsteps:\n  a:\n    send: email\n    template: hello\n    next: b\n  b:\n    wait: 1d\n    next: a\n",
+    )]);
+    assert!(load(dir.path()).is_ok());
+}
+
+#[test]
+fn a_self_loop_without_a_wait_is_a_cycle() {
+    let dir = workspace(&[(
+        "loop.yaml",
+        "id: looping\ntrigger: {event: signed_up}\nsteps:\n  again:\n    update: {traits: {n: \"=profile.n + 1\"}}\n    next: again\n",
+    )]);
+    let errors = errors_in(dir.path());
+    assert!(
+        errors[0].message.contains("`again` -> `again`"),
+        "{errors:#?}"
+    );
+}
+
+#[test]
+fn unreachable_steps_are_warnings_not_errors() {
+    let dir = workspace(&[(
+        "j.yaml",
+        "id: j\ntrigger: {event: signed_up}\nsteps:\n  first:\n    wait: 1h\n  orphan:\n    send: email\n    template: hello\n",
+    )]);
+    let (workspace, warnings) = load(dir.path()).unwrap();
+    assert_eq!(workspace.journeys.len(), 1);
+    assert_eq!(warnings.len(), 1);
+    assert_eq!(warnings[0].severity, Severity::Warning);
+    assert!(warnings[0].message.contains("`orphan`"));
+    assert_eq!(warnings[0].pos.line, 6);
+}
+
+#[test]
+fn on_transitions_make_their_target_reachable() {
+    let dir = workspace(&[(
+        "j.yaml",
+        "id: j\ntrigger: {event: signed_up}\nsteps:\n  first:\n    wait: 1h\n  again:\n    wait: 2h\non:\n  - event: clicked\n    from: [first]\n    goto: again\n",
+    )]);
+    let (_, warnings) = load(dir.path()).unwrap();
+    assert!(warnings.is_empty(), "{warnings:#?}");
+}
+
+#[test]
+fn preferred_sends_need_a_part_for_every_policy_channel() {
+    let journey = |channels: &str| {
+        format!(
+            "id: j\ntrigger: {{event: signed_up}}\n{channels}steps:\n  hi:\n    send: preferred\n    template: hello\n"
+        )
+    };
+    // The default channels are email and sms; `hello` has only email.
+    let dir = workspace(&[("j.yaml", &journey(""))]);
+    let errors = errors_in(dir.path());
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(errors[0].message.contains("`hello`"));
+    assert!(errors[0].message.contains("`sms`"));
+    assert_eq!(errors[0].pos.line, 6, "points at the `template:` value");
+
+    let dir = workspace(&[("j.yaml", &journey("policy: {channels: [email]}\n"))]);
+    assert!(load(dir.path()).is_ok());
+}
+
+#[test]
+fn fallback_channels_need_parts_too() {
+    let dir = workspace(&[(
+        "j.yaml",
+        "id: j\ntrigger: {event: signed_up}\nsteps:\n  hi:\n    send: email\n    template: hello\n    fallback: [telegram]\n",
+    )]);
+    let errors = errors_in(dir.path());
+    assert!(errors[0].message.contains("`telegram`"), "{errors:#?}");
+}
+
+#[test]
+fn collects_every_problem_in_one_pass() {
+    let dir = workspace(&[
+        (
+            "a.yaml",
+            "id: a\ntrigger: {event: x}\nsteps:\n  s:\n    wait: 1 hour\n    next: nowhere\n",
+        ),
+        (
+            "b.yaml",
+            "id: a\ntrigger: {event: x, segment: vip}\nholdout: 120\nsteps:\n  s:\n    exit: won\n",
+        ),
+        ("templates/broken.yaml", "email:\n  text: \"{{ oops \"\n"),
+    ]);
+    let errors = errors_in(dir.path());
+    let messages: Vec<&str> = errors.iter().map(|d| d.message.as_str()).collect();
+    assert_eq!(errors.len(), 8, "{messages:#?}");
+    for expected in [
+        "`1 hour`",
+        "`nowhere`",
+        "duplicate journey id `a`",
+        "found both `event` and `segment`",
+        "holdout",
+        "`won`",
+        "subject",
+        "invalid Liquid in `email.text` of template `broken`: expected Literal",
+    ] {
+        assert!(
+            messages.iter().any(|m| m.contains(expected)),
+            "{expected}: {messages:#?}"
+        );
+    }
+}
+
+#[test]
+fn trigger_keys_must_fit_the_trigger() {
+    let dir = workspace(&[(
+        "j.yaml",
+        "id: j\ntrigger:\n  segment: vip\n  where: profile.x > 1\n  key: order_id\nsteps:\n  s:\n    wait: 1h\n",
+    )]);
+    let errors = errors_in(dir.path());
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert!(errors[0].message.contains("`where` is only allowed"));
+    assert!(errors[1].message.contains("`key` is only allowed"));
+
+    let dir = workspace(&[(
+        "j.yaml",
+        "id: j\ntrigger:\n  schedule: \"0 9 * * 1-5\"\nsteps:\n  s:\n    wait: 1h\n",
+    )]);
+    let errors = errors_in(dir.path());
+    assert!(errors[0].message.contains("needs `audience"), "{errors:#?}");
+}
+
+#[test]
+fn wait_for_needs_on_timeout_exactly_when_it_has_a_timeout() {
+    let dir = workspace(&[(
+        "j.yaml",
+        "id: j\ntrigger: {event: x}\nsteps:\n  w:\n    wait_for: {event: y, timeout: 1d}\n    on_event: done\n  v:\n    wait_for: {event: y}\n    on_event: done\n    on_timeout: done\n    next: done\n  done:\n    exit: converted\n",
+    )]);
+    let errors = errors_in(dir.path());
+    let messages: Vec<&str> = errors.iter().map(|d| d.message.as_str()).collect();
+    assert_eq!(errors.len(), 3, "{messages:#?}");
+    assert!(messages[0].contains("missing `on_timeout`"));
+    assert!(messages[1].contains("needs a `timeout`"));
+    assert!(messages[2].contains("`next` is not allowed on a `wait_for` step"));
+}
+
+#[test]
+fn segment_cycles_are_errors() {
+    let dir = workspace(&[(
+        "segments.yaml",
+        "segments:\n  a:\n    where: in_segment(\"b\")\n  b:\n    where: in_segment(\"a\") || profile.x == 1\n",
+    )]);
+    let errors = errors_in(dir.path());
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(errors[0].message.contains("`a` -> `b` -> `a`"));
+}
+
+#[test]
+fn update_values_are_literals_or_expressions() {
+    let dir = workspace(&[(
+        "j.yaml",
+        "id: j\ntrigger: {event: x}\nsteps:\n  u:\n    update:\n      traits:\n        points: 10\n        tags: [a, b]\n        bonus: \"=profile.points +\"\n",
+    )]);
+    let errors = errors_in(dir.path());
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!(errors[0].pos.line, 9);
+}
+
+#[test]
+fn snapshot_of_rendered_errors() {
+    let dir = workspace(&[
+        (
+            "cart.yaml",
+            "id: cart\ntrigger:\n  event: cart_abandoned\n  where: in_segment(\"vipp\") && event.total > 0\nsteps:\n  first:\n    wiat: 1h\n    next: remind\n  remind:\n    send: sms\n    template: hello\n",
+        ),
+        (
+            "nightly.yaml",
+            "id: nightly\ntrigger:\n  schedule: \"0 25 * * *\"\n  timezone: Mars/Olympus\n  audience: vip\nreentry: sometimes\nsteps:\n  go:\n    wait:\n      until: \"25:00\"\n  lost:\n    exit: completed\n",
+        ),
+    ]);
+    let (_, rendered) = diagnostics(dir.path());
+    insta::assert_snapshot!(rendered);
+}
+
+#[test]
+fn snapshot_of_yaml_errors() {
+    let dir = workspace(&[
+        (
+            "dup.yaml",
+            "id: dup\ntrigger: {event: x}\nsteps:\n  a:\n    wait: 1h\n  a:\n    wait: 2h\n",
+        ),
+        ("syntax.yaml", "id: syntax\ntrigger: [event: x\nsteps: {}\n"),
+    ]);
+    let (_, rendered) = diagnostics(dir.path());
+    insta::assert_snapshot!(rendered);
+}
+
+#[test]
+fn snapshot_of_lead_nurture_graph() {
+    let root = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/conformance/journeys"
+    ));
+    let (workspace, _) = load(root).unwrap();
+    let journey = workspace.journey("lead_nurture").unwrap();
+    insta::assert_snapshot!("lead_nurture_mermaid", graph::mermaid(journey));
+    insta::assert_snapshot!("lead_nurture_dot", graph::dot(journey));
+    let cart = workspace.journey("abandoned_cart").unwrap();
+    insta::assert_snapshot!("abandoned_cart_mermaid", graph::mermaid(cart));
+}

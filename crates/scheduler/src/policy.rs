@@ -1,0 +1,312 @@
+//! The send policy: which channel, when, and whether at all.
+
+use chrono::{DateTime, Days, NaiveDate, NaiveDateTime, NaiveTime, TimeDelta, Timelike, Utc};
+use chrono_tz::Tz;
+use serde_json::{Map, Value};
+use waymark_journey::{Cap, ChannelChoice, Policy, QuietHours, SendStep};
+
+use crate::history::EventLog;
+use crate::state::Profile;
+
+/// Which profile trait holds a customer's address on each channel.
+pub trait ChannelDirectory: Send + Sync {
+    /// `None`: the channel needs no address (a webhook).
+    fn address_trait(&self, channel: &str) -> Option<&str>;
+}
+
+/// Channels known by their conventional names: `email`, `sms`, `telegram`, ...; any
+/// other name is taken for a webhook, which needs no address. This is how `waymark test`
+/// sees channels; the daemon uses its configured kinds instead.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConventionalChannels;
+
+impl ChannelDirectory for ConventionalChannels {
+    fn address_trait(&self, channel: &str) -> Option<&str> {
+        waymark_journey::address_trait(channel)
+    }
+}
+
+/// The customer's time zone: `profile.timezone` when it names a zone, else the policy's.
+pub fn customer_timezone(traits: &Map<String, Value>, policy: &Policy) -> Tz {
+    traits
+        .get("timezone")
+        .and_then(Value::as_str)
+        .and_then(|name| name.parse().ok())
+        .unwrap_or(policy.timezone)
+}
+
+/// Picks the channel for a send: `(channel, address)`, or `None` when nothing is
+/// reachable. Transactional sends ignore `unsubscribed`; nothing reaches an address the
+/// provider reported gone (`unreachable`).
+pub fn resolve_channel(
+    send: &SendStep,
+    traits: &Map<String, Value>,
+    policy: &Policy,
+    directory: &dyn ChannelDirectory,
+) -> Option<(String, Option<String>)> {
+    let reach = |channel: &str| {
+        reachable(channel, traits, send.transactional, directory)
+            .map(|addr| (channel.to_owned(), addr))
+    };
+    match &send.channel {
+        ChannelChoice::Preferred => traits
+            .get("preferred_channel")
+            .and_then(Value::as_str)
+            .and_then(reach)
+            .or_else(|| policy.channels.iter().find_map(|c| reach(c))),
+        ChannelChoice::Named(channel) => {
+            reach(channel).or_else(|| send.fallback.iter().find_map(|c| reach(c)))
+        }
+    }
+}
+
+/// `Some(address)` when `channel` reaches the customer.
+fn reachable(
+    channel: &str,
+    traits: &Map<String, Value>,
+    transactional: bool,
+    directory: &dyn ChannelDirectory,
+) -> Option<Option<String>> {
+    if names_channel(traits.get("unreachable"), channel) {
+        return None;
+    }
+    if !transactional && names_channel(traits.get("unsubscribed"), channel) {
+        return None;
+    }
+    match directory.address_trait(channel) {
+        None => Some(None),
+        Some(field) => address(traits.get(field)).map(Some),
+    }
+}
+
+fn address(value: Option<&Value>) -> Option<String> {
+    match value? {
+        Value::String(s) if !s.trim().is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Whether a trait (`"all"`, a channel name, or a list of them) names `channel`.
+fn names_channel(value: Option<&Value>, channel: &str) -> bool {
+    match value {
+        Some(Value::String(s)) => s == "all" || s == channel,
+        Some(Value::Array(items)) => items
+            .iter()
+            .any(|v| v.as_str().is_some_and(|s| s == "all" || s == channel)),
+        _ => false,
+    }
+}
+
+/// Adds `channel` to the customer's `unsubscribed` list (the `unsubscribed` event).
+pub fn unsubscribe(traits: &mut Map<String, Value>, channel: &str) {
+    add_to_list(traits, "unsubscribed", channel);
+}
+
+/// Marks the customer's address on `channel` as gone for good (a provider's answer).
+pub fn mark_unreachable(traits: &mut Map<String, Value>, channel: &str) {
+    add_to_list(traits, "unreachable", channel);
+}
+
+fn add_to_list(traits: &mut Map<String, Value>, key: &str, channel: &str) {
+    if names_channel(traits.get(key), channel) {
+        return;
+    }
+    let mut list = match traits.remove(key) {
+        Some(Value::Array(items)) => items,
+        Some(Value::String(s)) => vec![Value::String(s)],
+        _ => Vec::new(),
+    };
+    list.push(Value::String(channel.to_owned()));
+    traits.insert(key.to_owned(), Value::Array(list));
+}
+
+/// The UTC instant of a local date and time, DST-correct: an ambiguous time (clocks
+/// going back) is its first occurrence; a time in a gap (clocks going forward) is the
+/// first instant after the gap.
+pub fn local_to_utc(tz: Tz, local: NaiveDateTime) -> DateTime<Utc> {
+    let mut candidate = local;
+    for _ in 0..=180 {
+        if let Some(t) = candidate.and_local_timezone(tz).earliest() {
+            return t.with_timezone(&Utc);
+        }
+        candidate += TimeDelta::minutes(1);
+    }
+    local.and_utc()
+}
+
+/// The next instant after `now` when the local clock in `tz` shows `time`: today if still
+/// ahead, else tomorrow.
+pub fn next_local_time(now: DateTime<Utc>, tz: Tz, time: NaiveTime) -> DateTime<Utc> {
+    let today = now.with_timezone(&tz).date_naive();
+    let at = local_to_utc(tz, today.and_time(time));
+    if at > now {
+        at
+    } else {
+        local_to_utc(tz, next_day(today).and_time(time))
+    }
+}
+
+fn next_day(date: NaiveDate) -> NaiveDate {
+    date.checked_add_days(Days::new(1)).unwrap_or(date)
+}
+
+/// `at`, or the end of the quiet window when `at` falls inside it.
+pub fn after_quiet_hours(at: DateTime<Utc>, tz: Tz, quiet: QuietHours) -> DateTime<Utc> {
+    let local = at.with_timezone(&tz);
+    if !quiet.contains(local.time()) {
+        return at;
+    }
+    let date = local.date_naive();
+    let end_today = quiet.end > local.time();
+    let end_date = if end_today { date } else { next_day(date) };
+    local_to_utc(tz, end_date.and_time(quiet.end))
+}
+
+/// The best hour to reach a customer: the local hour of day in which their events of the
+/// last 90 days (not counting those at `now`) were most frequent, ties to the earliest.
+/// Returns the send time: `now` if that hour is under way or there is no such event, else
+/// the next start of that hour.
+pub fn best_time(now: DateTime<Utc>, tz: Tz, history: &EventLog) -> DateTime<Utc> {
+    let mut per_hour = [0_u32; 24];
+    for event in history.between(now - TimeDelta::days(90), now) {
+        per_hour[event.at.with_timezone(&tz).hour() as usize] += 1;
+    }
+    let Some((hour, _)) = per_hour
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        .max_by(|(ha, a), (hb, b)| a.cmp(b).then(hb.cmp(ha)))
+    else {
+        return now;
+    };
+    let local = now.with_timezone(&tz);
+    if local.hour() as usize == hour {
+        return now;
+    }
+    let start = NaiveTime::from_hms_opt(u32::try_from(hour).unwrap_or(0), 0, 0).unwrap_or_default();
+    next_local_time(now, tz, start)
+}
+
+/// How many messages (on `channel`, when the cap names one) went out in the trailing
+/// window `(now - per, now]`.
+fn sent_within(profile: &Profile, cap: &Cap, channel: Option<&str>, now: DateTime<Utc>) -> usize {
+    let from = now - cap.per;
+    profile
+        .messages
+        .iter()
+        .filter(|m| m.at > from && m.at <= now)
+        .filter(|m| channel.is_none_or(|c| m.channel == c))
+        .count()
+}
+
+/// Whether a frequency cap of the policy stops a send on `channel` now.
+pub fn over_frequency_cap(
+    profile: &Profile,
+    policy: &Policy,
+    channel: &str,
+    now: DateTime<Utc>,
+) -> bool {
+    policy.frequency_caps.iter().any(|cap| match &cap.channel {
+        None => sent_within(profile, cap, None, now) >= cap.max as usize,
+        Some(c) if c == channel => sent_within(profile, cap, Some(c), now) >= cap.max as usize,
+        Some(_) => false,
+    })
+}
+
+/// Whether fatigue stops a send on `channel` now: the customer's last `unopened`
+/// messages on it got no `message_opened`/`message_clicked` with that channel, and the
+/// stricter cap is reached on that channel.
+pub fn over_fatigue_cap(
+    profile: &Profile,
+    policy: &Policy,
+    channel: &str,
+    now: DateTime<Utc>,
+) -> bool {
+    let Some(fatigue) = &policy.fatigue else {
+        return false;
+    };
+    let n = fatigue.unopened as usize;
+    if n == 0 {
+        return false;
+    }
+    let Some(nth_last) = profile
+        .messages
+        .iter()
+        .rev()
+        .filter(|m| m.channel == channel)
+        .nth(n - 1)
+    else {
+        return false;
+    };
+    let engaged_since = ["message_opened", "message_clicked"].iter().any(|name| {
+        profile
+            .history
+            .named_since(name, Some(nth_last.at))
+            .any(|e| e.properties.get("channel").and_then(Value::as_str) == Some(channel))
+    });
+    !engaged_since
+        && sent_within(profile, &fatigue.cap, Some(channel), now) >= fatigue.cap.max as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().to_utc()
+    }
+
+    fn hm(h: u32, m: u32) -> NaiveTime {
+        NaiveTime::from_hms_opt(h, m, 0).unwrap()
+    }
+
+    #[test]
+    fn quiet_hours_defer_to_the_local_end_of_the_window() {
+        let quiet = QuietHours {
+            start: hm(21, 0),
+            end: hm(9, 0),
+        };
+        let moscow = Tz::Europe__Moscow;
+        // 22:30 in Moscow: next 09:00 Moscow is 06:00 UTC the next day.
+        assert_eq!(
+            after_quiet_hours(utc("2026-03-02T19:30:00Z"), moscow, quiet),
+            utc("2026-03-03T06:00:00Z")
+        );
+        // 03:00 in Moscow: 09:00 the same day.
+        assert_eq!(
+            after_quiet_hours(utc("2026-03-03T00:00:00Z"), moscow, quiet),
+            utc("2026-03-03T06:00:00Z")
+        );
+        // 12:00 in Moscow: not quiet.
+        assert_eq!(
+            after_quiet_hours(utc("2026-03-03T09:00:00Z"), moscow, quiet),
+            utc("2026-03-03T09:00:00Z")
+        );
+    }
+
+    #[test]
+    fn local_times_follow_daylight_saving() {
+        let berlin = Tz::Europe__Berlin;
+        // 2026-03-29: clocks go 02:00 -> 03:00 in Berlin. 02:30 does not exist.
+        let t = next_local_time(utc("2026-03-28T12:00:00Z"), berlin, hm(2, 30));
+        assert_eq!(t, utc("2026-03-29T01:00:00Z"));
+        // 10:00 before and after the change are an hour apart in UTC.
+        assert_eq!(
+            next_local_time(utc("2026-03-28T12:00:00Z"), berlin, hm(10, 0)),
+            utc("2026-03-29T08:00:00Z")
+        );
+        assert_eq!(
+            next_local_time(utc("2026-03-27T12:00:00Z"), berlin, hm(10, 0)),
+            utc("2026-03-28T09:00:00Z")
+        );
+    }
+
+    #[test]
+    fn wait_until_a_time_already_passed_today_means_tomorrow() {
+        let t = next_local_time(utc("2026-03-02T12:00:00Z"), Tz::Europe__Moscow, hm(10, 0));
+        assert_eq!(t, utc("2026-03-03T07:00:00Z"));
+        let t = next_local_time(utc("2026-03-02T05:00:00Z"), Tz::Europe__Moscow, hm(10, 0));
+        assert_eq!(t, utc("2026-03-02T07:00:00Z"));
+    }
+}

@@ -1,0 +1,26 @@
+# Waymark developer commands. `just` lists them.
+
+default:
+    @just --list
+
+# Run the daemon on the example journeys (embedded SQLite under ./data).
+serve:
+    cargo run --release -p waymark -- serve
+
+# Validate the example journeys and the conformance workspace.
+check:
+    cargo run -q -p waymark -- check journeys
+    cargo run -q -p waymark -- check ../shared/conformance/journeys
+
+# Every test: unit, scenario (examples and conformance), adapters, daemon.
+test:
+    cargo test --workspace
+
+# Formatting and lints, as CI runs them.
+lint:
+    cargo fmt --all --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# Benchmarks: engine throughput and the scenario suite's time.
+bench:
+    cargo bench -p waymark-scenario --bench engine
