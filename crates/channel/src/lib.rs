@@ -113,6 +113,26 @@ impl DeliveryError {
         }
     }
 
+    /// A provider that could not be reached or did not answer in time: retryable, with
+    /// the chain of causes in the reason. Callers strip URLs first (tokens live in some).
+    pub fn unreachable(
+        provider: &str,
+        timed_out: bool,
+        error: &(dyn std::error::Error + 'static),
+    ) -> Self {
+        let mut reason = if timed_out {
+            format!("{provider} did not answer in time")
+        } else {
+            format!("cannot reach {provider}: {error}")
+        };
+        let mut source = error.source();
+        while let Some(cause) = source {
+            reason.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        DeliveryError::retryable(reason)
+    }
+
     /// The usual classification of an HTTP answer that was not a success: 408, 425, 429
     /// and 5xx retry (honouring `Retry-After` in seconds), other statuses are permanent.
     pub fn from_http_status(
@@ -131,6 +151,17 @@ impl DeliveryError {
         } else {
             DeliveryError::permanent(format!("HTTP {status}: {reason}"))
         }
+    }
+}
+
+/// The start of a provider's answer body, for an error reason.
+pub fn body_snippet(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let text = text.trim();
+    match text.char_indices().nth(200) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None if text.is_empty() => "empty answer".to_owned(),
+        None => text.to_owned(),
     }
 }
 

@@ -58,7 +58,6 @@
 //! Without `webhook_secret` the channel refuses updates: an unauthenticated endpoint
 //! would let anyone mark customers unreachable.
 
-use std::error::Error as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,7 +66,7 @@ use serde::Deserialize;
 use serde_json::json;
 use waymark_channel::{
     Channel, ChannelKind, ConfigError, Delivery, DeliveryError, OutboundMessage, Receipt,
-    ReceiptError, ReceiptStatus, StatusCallback, parse_config,
+    ReceiptError, ReceiptStatus, StatusCallback, body_snippet, parse_config,
 };
 
 const DEFAULT_BASE_URL: &str = "https://api.telegram.org";
@@ -258,7 +257,7 @@ impl Channel for TelegramChannel {
             _ => Err(DeliveryError::from_http_status(
                 status,
                 retry_after.as_deref(),
-                snippet(&bytes),
+                body_snippet(&bytes),
             )),
         }
     }
@@ -375,28 +374,7 @@ fn classify(status: u16, retry_after: Option<&str>, answer: ApiResponse) -> Deli
 /// A request that got no answer: retryable. The URL is dropped, as it holds the token.
 fn transport_error(error: reqwest::Error) -> DeliveryError {
     let error = error.without_url();
-    let mut reason = if error.is_timeout() {
-        "Telegram did not answer in time".to_owned()
-    } else {
-        format!("cannot reach Telegram: {error}")
-    };
-    let mut source = error.source();
-    while let Some(cause) = source {
-        reason.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    DeliveryError::retryable(reason)
-}
-
-/// The start of an answer body, for an error reason.
-fn snippet(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    let text = text.trim();
-    match text.char_indices().nth(200) {
-        Some((cut, _)) => format!("{}...", &text[..cut]),
-        None if text.is_empty() => "empty answer".to_owned(),
-        None => text.to_owned(),
-    }
+    DeliveryError::unreachable("Telegram", error.is_timeout(), &error)
 }
 
 /// Compares secrets without leaking, through timing, how much of a guess was right.
@@ -455,8 +433,8 @@ mod tests {
     #[test]
     fn long_bodies_are_cut() {
         let long = "x".repeat(500);
-        assert_eq!(snippet(long.as_bytes()).len(), 203);
-        assert_eq!(snippet(b"  "), "empty answer");
+        assert_eq!(body_snippet(long.as_bytes()).len(), 203);
+        assert_eq!(body_snippet(b"  "), "empty answer");
     }
 
     #[test]

@@ -53,7 +53,6 @@
 //! them). The provider id is the callback's `message_token`; other events (`subscribed`,
 //! `conversation_started`, `message`, `webhook`) give no receipts.
 
-use std::error::Error as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,7 +63,7 @@ use serde_json::{Number, json};
 use sha2::Sha256;
 use waymark_channel::{
     Channel, ChannelKind, ConfigError, Delivery, DeliveryError, OutboundMessage, Receipt,
-    ReceiptError, ReceiptStatus, StatusCallback, parse_config,
+    ReceiptError, ReceiptStatus, StatusCallback, body_snippet, parse_config,
 };
 
 const DEFAULT_BASE_URL: &str = "https://chatapi.viber.com";
@@ -221,7 +220,7 @@ impl Channel for ViberChannel {
             return Err(DeliveryError::from_http_status(
                 status,
                 retry_after.as_deref(),
-                snippet(&bytes),
+                body_snippet(&bytes),
             ));
         }
         let Ok(answer) = serde_json::from_slice::<SendAnswer>(&bytes) else {
@@ -230,7 +229,7 @@ impl Channel for ViberChannel {
             // risks a loss; a proxy's error page is the likelier cause, so retry.
             return Err(DeliveryError::retryable(format!(
                 "Viber answered without its JSON: {}",
-                snippet(&bytes)
+                body_snippet(&bytes)
             )));
         };
         if answer.status != 0 {
@@ -296,28 +295,7 @@ fn classify(answer: &SendAnswer) -> DeliveryError {
 /// A request that got no answer: retryable.
 fn transport_error(error: reqwest::Error) -> DeliveryError {
     let error = error.without_url();
-    let mut reason = if error.is_timeout() {
-        "Viber did not answer in time".to_owned()
-    } else {
-        format!("cannot reach Viber: {error}")
-    };
-    let mut source = error.source();
-    while let Some(cause) = source {
-        reason.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    DeliveryError::retryable(reason)
-}
-
-/// The start of an answer body, for an error reason.
-fn snippet(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    let text = text.trim();
-    match text.char_indices().nth(200) {
-        Some((cut, _)) => format!("{}...", &text[..cut]),
-        None if text.is_empty() => "empty answer".to_owned(),
-        None => text.to_owned(),
-    }
+    DeliveryError::unreachable("Viber", error.is_timeout(), &error)
 }
 
 #[derive(Deserialize)]

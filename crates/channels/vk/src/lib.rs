@@ -51,7 +51,6 @@
 //! VK has no delivery callbacks for community messages that would fit the receipt model,
 //! so this channel accepts no receipts.
 
-use std::error::Error as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,7 +58,8 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::Value;
 use waymark_channel::{
-    Channel, ChannelKind, ConfigError, Delivery, DeliveryError, OutboundMessage, parse_config,
+    Channel, ChannelKind, ConfigError, Delivery, DeliveryError, OutboundMessage, body_snippet,
+    parse_config,
 };
 
 const DEFAULT_BASE_URL: &str = "https://api.vk.com";
@@ -224,13 +224,16 @@ impl Channel for VkChannel {
             return Err(DeliveryError::from_http_status(
                 status,
                 retry_after.as_deref(),
-                snippet(&bytes),
+                body_snippet(&bytes),
             ));
         }
         let answer: Answer = serde_json::from_slice(&bytes).map_err(|_| {
             // A 2xx that is not the VK API's JSON: something in between answered. Whether
             // VK sent the message is unknown; `random_id` makes a retry safe.
-            DeliveryError::retryable(format!("VK answered without JSON: {}", snippet(&bytes)))
+            DeliveryError::retryable(format!(
+                "VK answered without JSON: {}",
+                body_snippet(&bytes)
+            ))
         })?;
         if let Some(error) = answer.error {
             return Err(classify(&error));
@@ -295,28 +298,7 @@ fn classify(error: &VkError) -> DeliveryError {
 /// A request that got no answer: retryable (`random_id` keeps a retry from duplicating).
 fn transport_error(error: reqwest::Error) -> DeliveryError {
     let error = error.without_url();
-    let mut reason = if error.is_timeout() {
-        "VK did not answer in time".to_owned()
-    } else {
-        format!("cannot reach VK: {error}")
-    };
-    let mut source = error.source();
-    while let Some(cause) = source {
-        reason.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    DeliveryError::retryable(reason)
-}
-
-/// The start of an answer body, for an error reason.
-fn snippet(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    let text = text.trim();
-    match text.char_indices().nth(200) {
-        Some((cut, _)) => format!("{}...", &text[..cut]),
-        None if text.is_empty() => "empty answer".to_owned(),
-        None => text.to_owned(),
-    }
+    DeliveryError::unreachable("VK", error.is_timeout(), &error)
 }
 
 #[cfg(test)]

@@ -78,7 +78,6 @@
 //! The webhook's `GET` verification handshake (`hub.challenge`) is the daemon's HTTP
 //! layer's business, not this crate's.
 
-use std::error::Error as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -89,7 +88,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 use waymark_channel::{
     Channel, ChannelKind, ConfigError, Delivery, DeliveryError, OutboundMessage, Receipt,
-    ReceiptError, ReceiptStatus, StatusCallback, parse_config,
+    ReceiptError, ReceiptStatus, StatusCallback, body_snippet, parse_config,
 };
 
 const DEFAULT_BASE_URL: &str = "https://graph.facebook.com";
@@ -323,9 +322,11 @@ impl Channel for WhatsAppChannel {
             .and_then(|e| serde_json::from_value::<GraphError>(e).ok());
         Err(match error {
             Some(error) => classify(status, retry_after.as_deref(), &error),
-            None => {
-                DeliveryError::from_http_status(status, retry_after.as_deref(), snippet(&bytes))
-            }
+            None => DeliveryError::from_http_status(
+                status,
+                retry_after.as_deref(),
+                body_snippet(&bytes),
+            ),
         })
     }
 
@@ -436,28 +437,7 @@ fn classify(status: u16, retry_after: Option<&str>, error: &GraphError) -> Deliv
 /// A request that got no answer: retryable.
 fn transport_error(error: reqwest::Error) -> DeliveryError {
     let error = error.without_url();
-    let mut reason = if error.is_timeout() {
-        "the WhatsApp Cloud API did not answer in time".to_owned()
-    } else {
-        format!("cannot reach the WhatsApp Cloud API: {error}")
-    };
-    let mut source = error.source();
-    while let Some(cause) = source {
-        reason.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    DeliveryError::retryable(reason)
-}
-
-/// The start of an answer body, for an error reason.
-fn snippet(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    let text = text.trim();
-    match text.char_indices().nth(200) {
-        Some((cut, _)) => format!("{}...", &text[..cut]),
-        None if text.is_empty() => "empty answer".to_owned(),
-        None => text.to_owned(),
-    }
+    DeliveryError::unreachable("the WhatsApp Cloud API", error.is_timeout(), &error)
 }
 
 #[derive(Deserialize)]
