@@ -1,0 +1,210 @@
+//! The `webhook` channel kind: each message is a JSON `POST` to a configured URL, for CRMs
+//! ("call this customer"), internal services and anything else with an HTTP endpoint.
+//!
+//! ```yaml
+//! channels:
+//!   crm_task:
+//!     kind: webhook
+//!     url: https://crm.example/tasks
+//!     secret: ${CRM_SECRET}          # signs every request; recommended
+//!     headers: {X-Team: growth}      # optional extra headers
+//!     timeout: 10                    # seconds, default 30
+//! ```
+//!
+//! The body is the template's rendered `body` part, which must be JSON. Every request
+//! carries:
+//!
+//! | header | value |
+//! |---|---|
+//! | `Idempotency-Key` | the message's stable key: the same on every retry |
+//! | `X-Waymark-Timestamp` | Unix seconds when the request was signed |
+//! | `X-Waymark-Signature` | `v1=` + hex HMAC-SHA256 of `"{timestamp}.{body}"` with the secret |
+//! | `X-Waymark-Customer`, `X-Waymark-Journey`, `X-Waymark-Step` | who and where the message is from |
+//!
+//! A receiver verifies with [`verify_signature`] (or the same three lines in any language)
+//! and should refuse timestamps older than a few minutes, which stops replays. A 2xx answer
+//! is a delivery; an `id` field in a JSON answer becomes the provider id.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hmac::{Hmac, Mac};
+use serde::Deserialize;
+use sha2::Sha256;
+use waymark_channel::{
+    Channel, ChannelKind, ConfigError, Delivery, DeliveryError, OutboundMessage, body_snippet,
+    parse_config,
+};
+
+/// `kind: webhook`.
+pub struct WebhookKind;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    url: String,
+    #[serde(default)]
+    secret: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default = "default_timeout")]
+    timeout: u64,
+}
+
+fn default_timeout() -> u64 {
+    30
+}
+
+impl ChannelKind for WebhookKind {
+    fn kind(&self) -> &'static str {
+        "webhook"
+    }
+
+    fn address_trait(&self) -> Option<&'static str> {
+        None
+    }
+
+    fn build(
+        &self,
+        name: &str,
+        config: &serde_json::Value,
+    ) -> Result<Arc<dyn Channel>, ConfigError> {
+        let config: Config = parse_config(name, config)?;
+        let error = |message: String| ConfigError {
+            channel: name.to_owned(),
+            message,
+        };
+        let url = reqwest::Url::parse(&config.url).map_err(|e| error(format!("`url`: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(error(format!(
+                "`url`: expected an http or https URL, got `{}`",
+                url.scheme()
+            )));
+        }
+        let mut headers = reqwest::header::HeaderMap::new();
+        for (key, value) in &config.headers {
+            let name = reqwest::header::HeaderName::try_from(key.as_str())
+                .map_err(|e| error(format!("`headers.{key}`: {e}")))?;
+            let value = reqwest::header::HeaderValue::try_from(value.as_str())
+                .map_err(|e| error(format!("`headers.{key}`: {e}")))?;
+            headers.insert(name, value);
+        }
+        if config.timeout == 0 {
+            return Err(error("`timeout`: must be at least 1 second".to_owned()));
+        }
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(config.timeout))
+            .default_headers(headers)
+            .build()
+            .map_err(|e| error(format!("cannot set up HTTP: {e}")))?;
+        Ok(Arc::new(Webhook {
+            url,
+            secret: config.secret,
+            client,
+        }))
+    }
+}
+
+struct Webhook {
+    url: reqwest::Url,
+    secret: Option<String>,
+    client: reqwest::Client,
+}
+
+#[async_trait]
+impl Channel for Webhook {
+    async fn deliver(&self, message: &OutboundMessage) -> Result<Delivery, DeliveryError> {
+        let body = message.field("body");
+        if let Err(e) = serde_json::from_str::<serde_json::Value>(body) {
+            return Err(DeliveryError::permanent(format!(
+                "template `{}` body is not JSON: {e}",
+                message.template
+            )));
+        }
+        let timestamp = unix_now();
+        let mut request = self
+            .client
+            .post(self.url.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("Idempotency-Key", &message.idempotency_key)
+            .header("X-Waymark-Timestamp", timestamp.to_string())
+            .header("X-Waymark-Customer", &message.customer_id)
+            .header("X-Waymark-Journey", &message.journey_id)
+            .header("X-Waymark-Step", &message.step_id);
+        if let Some(secret) = &self.secret {
+            request = request.header(
+                "X-Waymark-Signature",
+                sign(secret, timestamp, body.as_bytes()),
+            );
+        }
+        let response = request.body(body.to_owned()).send().await.map_err(|e| {
+            let e = e.without_url();
+            DeliveryError::unreachable("the webhook", e.is_timeout(), &e)
+        })?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let answer = response.bytes().await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(DeliveryError::from_http_status(
+                status.as_u16(),
+                retry_after.as_deref(),
+                body_snippet(&answer),
+            ));
+        }
+        let provider_id = serde_json::from_slice::<serde_json::Value>(&answer)
+            .ok()
+            .and_then(|v| match v.get("id")? {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            });
+        Ok(Delivery {
+            provider_id,
+            detail: Some(format!("HTTP {}", status.as_u16())),
+        })
+    }
+}
+
+/// The `X-Waymark-Signature` value for a body signed at `timestamp` (Unix seconds).
+pub fn sign(secret: &str, timestamp: u64, body: &[u8]) -> String {
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes a key of any length");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Whether `signature` (an `X-Waymark-Signature` header) signs `body` at `timestamp` with
+/// `secret`. Compares in constant time. Receivers should also refuse old timestamps.
+pub fn verify_signature(secret: &str, timestamp: u64, body: &[u8], signature: &str) -> bool {
+    let Some(given) = signature
+        .strip_prefix("v1=")
+        .and_then(|h| hex::decode(h).ok())
+    else {
+        return false;
+    };
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes a key of any length");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    mac.verify_slice(&given).is_ok()
+}
+
+/// Signature timestamps are wall-clock by nature: the receiver compares them with its own.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "a signature timestamp is wall-clock time by nature"
+)]
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
