@@ -154,6 +154,37 @@ impl DeliveryError {
     }
 }
 
+/// Decodes an `application/x-www-form-urlencoded` text (a form body or a query string), as
+/// providers' status callbacks send them. `None` for bad percent-encoding or non-UTF-8.
+pub fn decode_form(text: &str) -> Option<BTreeMap<String, String>> {
+    text.split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            Some((percent_decode(name)?, percent_decode(value)?))
+        })
+        .collect()
+}
+
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
 /// The start of a provider's answer body, for an error reason.
 pub fn body_snippet(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);

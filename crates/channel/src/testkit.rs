@@ -50,12 +50,12 @@ impl Recorded {
 
     /// The body as `application/x-www-form-urlencoded` pairs, decoded.
     pub fn form(&self) -> BTreeMap<String, String> {
-        decode_form(&self.body_text())
+        crate::decode_form(&self.body_text()).expect("a form-encoded body")
     }
 
     /// The query string's pairs, decoded.
     pub fn query_pairs(&self) -> BTreeMap<String, String> {
-        decode_form(&self.query)
+        crate::decode_form(&self.query).expect("a form-encoded query")
     }
 }
 
@@ -203,41 +203,6 @@ async fn record(
         }
     }
     response
-}
-
-fn decode_form(text: &str) -> BTreeMap<String, String> {
-    text.split('&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect()
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok());
-                if let Some(b) = hex {
-                    out.push(b);
-                    i += 2;
-                } else {
-                    out.push(b'%');
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A message as the daemon would hand it over, for `channel` with `address`.
