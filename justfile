@@ -3,10 +3,6 @@
 default:
     @just --list
 
-# Run the daemon on the example journeys (embedded SQLite under ./data).
-serve:
-    cargo run --release -p waymark -- serve
-
 # Validate the example journeys and the conformance workspace.
 check:
     cargo run -q -p waymark -- check journeys
