@@ -1,4 +1,7 @@
-//! SMS channel kinds. `twilio` sends through Twilio's Messages API:
+//! SMS channel kinds: `twilio` (Twilio's Messages API, below) and `smsru` ([`SmsRuKind`],
+//! the Russian gateway SMS.ru).
+//!
+//! `twilio`:
 //!
 //! ```yaml
 //! channels:
@@ -44,8 +47,10 @@ use waymark_channel::{
 };
 
 mod segments;
+mod smsru;
 
 pub use segments::{Encoding, segments};
+pub use smsru::SmsRuKind;
 
 /// Twilio error codes that mean the number will never receive our messages.
 const ADDRESS_GONE: [u64; 3] = [21211, 21610, 21614];

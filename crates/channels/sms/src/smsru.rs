@@ -1,0 +1,207 @@
+//! `kind: smsru`: SMS.ru's `sms/send` method.
+//!
+//! ```yaml
+//! channels:
+//!   sms:
+//!     kind: smsru
+//!     api_id: ${SMSRU_API_ID}
+//!     from: Polka          # optional, a sender name agreed with SMS.ru
+//! ```
+//!
+//! A message is `POST {base_url}/sms/send` with a form body of `api_id`, `to` (digits
+//! only), `msg`, `json=1` and optional `from`. SMS.ru answers HTTP 200 with a status per
+//! request and per number; the number's `sms_id` is the provider id. SMS.ru has no
+//! idempotency field, so the outbox's once-only delivery is the only protection.
+//!
+//! Status codes: 202 (invalid number), 207 (cannot deliver to this number) and 209 (the
+//! number is on the stop list) mean the address is gone; 220 (service temporarily
+//! unavailable) and 5xx retry; the rest (200 bad `api_id`, 201 no funds, 204 sender name
+//! not agreed, ...) fail the message with SMS.ru's text.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use waymark_channel::{
+    Channel, ChannelKind, ConfigError, Delivery, DeliveryError, OutboundMessage, body_snippet,
+    parse_config,
+};
+
+use crate::segments;
+
+const ADDRESS_GONE: [u64; 3] = [202, 207, 209];
+const RETRYABLE: [u64; 1] = [220];
+
+/// `kind: smsru`.
+pub struct SmsRuKind;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    api_id: String,
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default = "default_base_url")]
+    base_url: String,
+    #[serde(default = "default_timeout")]
+    timeout: u64,
+}
+
+fn default_base_url() -> String {
+    "https://sms.ru".to_owned()
+}
+
+fn default_timeout() -> u64 {
+    30
+}
+
+impl ChannelKind for SmsRuKind {
+    fn kind(&self) -> &'static str {
+        "smsru"
+    }
+
+    fn address_trait(&self) -> Option<&'static str> {
+        Some("phone")
+    }
+
+    fn build(
+        &self,
+        name: &str,
+        config: &serde_json::Value,
+    ) -> Result<Arc<dyn Channel>, ConfigError> {
+        let config: Config = parse_config(name, config)?;
+        let error = |message: String| ConfigError {
+            channel: name.to_owned(),
+            message,
+        };
+        if config.api_id.is_empty() {
+            return Err(error("`api_id` must not be empty".to_owned()));
+        }
+        if config.timeout == 0 {
+            return Err(error("`timeout`: must be at least 1 second".to_owned()));
+        }
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(config.timeout))
+            .build()
+            .map_err(|e| error(format!("cannot set up HTTP: {e}")))?;
+        Ok(Arc::new(SmsRu {
+            endpoint: format!("{}/sms/send", config.base_url.trim_end_matches('/')),
+            api_id: config.api_id,
+            from: config.from,
+            client,
+        }))
+    }
+}
+
+struct SmsRu {
+    endpoint: String,
+    api_id: String,
+    from: Option<String>,
+    client: reqwest::Client,
+}
+
+#[derive(Deserialize)]
+struct Answer {
+    status: String,
+    #[serde(default)]
+    status_code: Option<u64>,
+    #[serde(default)]
+    status_text: Option<String>,
+    #[serde(default)]
+    sms: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct NumberStatus {
+    status: String,
+    #[serde(default)]
+    status_code: Option<u64>,
+    #[serde(default)]
+    status_text: Option<String>,
+    #[serde(default)]
+    sms_id: Option<String>,
+}
+
+fn refusal(code: Option<u64>, text: Option<String>) -> DeliveryError {
+    let reason = format!(
+        "SMS.ru error {}: {}",
+        code.unwrap_or(0),
+        text.unwrap_or_default()
+    );
+    match code {
+        Some(c) if ADDRESS_GONE.contains(&c) => DeliveryError::address_gone(reason),
+        Some(c) if RETRYABLE.contains(&c) => DeliveryError::retryable(reason),
+        _ => DeliveryError::permanent(reason),
+    }
+}
+
+#[async_trait]
+impl Channel for SmsRu {
+    async fn deliver(&self, message: &OutboundMessage) -> Result<Delivery, DeliveryError> {
+        let to: String = message
+            .require_address()?
+            .chars()
+            .filter(char::is_ascii_digit)
+            .collect();
+        let text = message.field("text");
+        let mut form = vec![
+            ("api_id", self.api_id.as_str()),
+            ("to", to.as_str()),
+            ("msg", text),
+            ("json", "1"),
+        ];
+        if let Some(from) = &self.from {
+            form.push(("from", from));
+        }
+        let response = self
+            .client
+            .post(&self.endpoint)
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| {
+                let e = e.without_url();
+                DeliveryError::unreachable("SMS.ru", e.is_timeout(), &e)
+            })?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = response.bytes().await.unwrap_or_default();
+        if !(200..300).contains(&status) {
+            return Err(DeliveryError::from_http_status(
+                status,
+                retry_after.as_deref(),
+                body_snippet(&body),
+            ));
+        }
+        let answer: Answer = serde_json::from_slice(&body).map_err(|e| {
+            DeliveryError::retryable(format!(
+                "SMS.ru answered something else than its JSON ({e}): {}",
+                body_snippet(&body)
+            ))
+        })?;
+        if answer.status != "OK" {
+            return Err(refusal(answer.status_code, answer.status_text));
+        }
+        let number: NumberStatus = answer
+            .sms
+            .get(&to)
+            .or_else(|| answer.sms.values().next())
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .ok_or_else(|| {
+                DeliveryError::retryable(format!("SMS.ru's answer has no status for {to}"))
+            })?;
+        if number.status != "OK" {
+            return Err(refusal(number.status_code, number.status_text));
+        }
+        let (encoding, count) = segments(text);
+        Ok(Delivery {
+            provider_id: number.sms_id,
+            detail: Some(format!("segments={count} encoding={}", encoding.as_str())),
+        })
+    }
+}
