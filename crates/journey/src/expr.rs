@@ -35,7 +35,18 @@ static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| Arc::new(Env::stdlib()));
 pub struct Expr {
     source: Arc<str>,
     program: Arc<Program>,
+    uses: Uses,
     pub pos: Pos,
+}
+
+/// What an expression refers to, so that evaluating it builds only that: most conditions
+/// read one variable and call no history function.
+#[derive(Debug, Clone, Copy)]
+struct Uses {
+    profile: bool,
+    event: bool,
+    trigger: bool,
+    history: bool,
 }
 
 impl std::fmt::Debug for Expr {
@@ -81,9 +92,17 @@ impl Expr {
                 });
             }
         }
+        let references = program.references();
+        let uses = Uses {
+            profile: references.has_variable("profile"),
+            event: references.has_variable("event"),
+            trigger: references.has_variable("trigger"),
+            history: HISTORY_FUNCTIONS.iter().any(|(f, _)| references.has_function(f)),
+        };
         Ok(Expr {
             source: source.into(),
             program: Arc::new(program),
+            uses,
             pos,
         })
     }
@@ -108,10 +127,24 @@ impl Expr {
     }
 
     fn eval_cel(&self, scope: &Scope<'_>) -> Result<CelValue, ExecutionError> {
-        let profile = json_map_to_cel(scope.profile);
-        let mut ctx = context(scope, profile.clone(), 0);
-        ctx.add_variable_from_value("event", json_map_to_cel(scope.event));
-        ctx.add_variable_from_value("trigger", json_map_to_cel(scope.trigger));
+        let uses = self.uses;
+        let mut ctx = if uses.history {
+            // `in_segment` evaluates segment conditions over the profile: always bind it.
+            context(scope, json_map_to_cel(scope.profile), 0)
+        } else {
+            let mut ctx = Context::with_env(ENV.clone());
+            ctx.add_variable_from_value("now", CelValue::Timestamp(scope.now.fixed_offset()));
+            if uses.profile {
+                ctx.add_variable_from_value("profile", json_map_to_cel(scope.profile));
+            }
+            ctx
+        };
+        if uses.event {
+            ctx.add_variable_from_value("event", json_map_to_cel(scope.event));
+        }
+        if uses.trigger {
+            ctx.add_variable_from_value("trigger", json_map_to_cel(scope.trigger));
+        }
         self.program.execute(&ctx)
     }
 }
