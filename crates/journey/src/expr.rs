@@ -97,7 +97,9 @@ impl Expr {
             profile: references.has_variable("profile"),
             event: references.has_variable("event"),
             trigger: references.has_variable("trigger"),
-            history: HISTORY_FUNCTIONS.iter().any(|(f, _)| references.has_function(f)),
+            history: HISTORY_FUNCTIONS
+                .iter()
+                .any(|(f, _)| references.has_function(f)),
         };
         Ok(Expr {
             source: source.into(),
