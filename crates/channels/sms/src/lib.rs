@@ -180,13 +180,11 @@ impl Channel for Twilio {
                 let e = e.without_url();
                 DeliveryError::unreachable("Twilio", e.is_timeout(), &e)
             })?;
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let answer = response.bytes().await.unwrap_or_default();
+        let Answer {
+            status,
+            retry_after,
+            body: answer,
+        } = Answer::read(response).await;
         if !(200..300).contains(&status) {
             let twilio: Option<TwilioError> = serde_json::from_slice(&answer).ok();
             let reason = twilio
@@ -247,6 +245,34 @@ impl Channel for Twilio {
             status,
             detail: params.get("ErrorCode").map(|c| format!("Twilio error {c}")),
         }])
+    }
+}
+
+/// An HTTP answer, read whole: status, `Retry-After`, and body.
+struct Answer {
+    status: u16,
+    retry_after: Option<String>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    async fn read(response: reqwest::Response) -> Answer {
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = response
+            .bytes()
+            .await
+            .map(|b| b.to_vec())
+            .unwrap_or_default();
+        Answer {
+            status,
+            retry_after,
+            body,
+        }
     }
 }
 

@@ -102,7 +102,7 @@ struct SmsRu {
 }
 
 #[derive(Deserialize)]
-struct Answer {
+struct SendAnswer {
     status: String,
     #[serde(default)]
     status_code: Option<u64>,
@@ -164,13 +164,11 @@ impl Channel for SmsRu {
                 let e = e.without_url();
                 DeliveryError::unreachable("SMS.ru", e.is_timeout(), &e)
             })?;
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let body = response.bytes().await.unwrap_or_default();
+        let crate::Answer {
+            status,
+            retry_after,
+            body,
+        } = crate::Answer::read(response).await;
         if !(200..300).contains(&status) {
             return Err(DeliveryError::from_http_status(
                 status,
@@ -178,7 +176,7 @@ impl Channel for SmsRu {
                 body_snippet(&body),
             ));
         }
-        let answer: Answer = serde_json::from_slice(&body).map_err(|e| {
+        let answer: SendAnswer = serde_json::from_slice(&body).map_err(|e| {
             DeliveryError::retryable(format!(
                 "SMS.ru answered something else than its JSON ({e}): {}",
                 body_snippet(&body)
