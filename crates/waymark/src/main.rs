@@ -36,6 +36,8 @@ enum Command {
         /// Workspace directories (default: journeys/).
         dirs: Vec<PathBuf>,
     },
+    /// Run the daemon: the HTTP API, timers and channel delivery.
+    Serve(waymark::serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
         Command::Check { paths } => check::run(&paths),
         Command::Graph { file, format } => graph::run(&file, format),
         Command::Test { dirs } => test::run(&dirs),
+        Command::Serve(args) => waymark::serve::run(args, waymark::default_registry()),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,690 @@
+//! The HTTP API: Segment-compatible ingest, enrollment, profiles, journeys, reload,
+//! health and metrics.
+//!
+//! Bodies are read as JSON values and checked field by field (rather than through
+//! `serde` derives) so that every refusal names the field it is about, including inside a
+//! batch (`batch[3].event`). Segment's envelope fields that Waymark has no use for
+//! (`context`, `integrations`, `sentAt`, ...) are accepted and ignored; any other unknown
+//! field is an error, so typos don't pass silently.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value, json};
+use waymark_scheduler::{Effect, EnrollError, Event};
+use waymark_store::{Error as StoreError, Ingested, NewEvent};
+
+use crate::daemon::{ApplyError, Daemon, Input};
+
+/// The largest body accepted: Segment's own batch limit is 500 KB.
+pub const MAX_BODY: usize = 512 * 1024;
+
+/// How many events and messages `GET /v1/profiles/{id}` shows.
+const PROFILE_RECENT: u32 = 50;
+
+/// Segment envelope fields accepted on every call and ignored.
+const ENVELOPE: &[&str] = &[
+    "type",
+    "context",
+    "integrations",
+    "sentAt",
+    "originalTimestamp",
+    "receivedAt",
+    "channel",
+    "version",
+    "_metadata",
+    "writeKey",
+];
+
+/// Every refusal: a status and `{"error": "...", "field": "..."}`. Internal errors are
+/// logged in full and answered with a generic message: they may name tables or paths.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    error: String,
+    field: Option<String>,
+    /// More to say, such as a reload's diagnostics; boxed to keep `Result`s small.
+    extra: Option<Box<(&'static str, Value)>>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, error: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            error: error.into(),
+            field: None,
+            extra: None,
+        }
+    }
+
+    /// A 400 about one field.
+    pub fn field(field: impl Into<String>, error: impl Into<String>) -> ApiError {
+        ApiError {
+            field: Some(field.into()),
+            ..ApiError::new(StatusCode::BAD_REQUEST, error)
+        }
+    }
+
+    pub fn not_found(error: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, error)
+    }
+
+    fn internal(error: &dyn std::fmt::Display) -> ApiError {
+        tracing::error!(%error, "request failed");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error; see the daemon log",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({"error": self.error});
+        if let Some(field) = self.field {
+            body["field"] = Value::String(field);
+        }
+        if let Some((key, value)) = self.extra.map(|b| *b) {
+            body[key] = value;
+        }
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(_) => {
+                tracing::error!(error = %e, "database unavailable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "database unavailable; retry later",
+                )
+            }
+            e => ApiError::internal(&e),
+        }
+    }
+}
+
+impl From<ApplyError> for ApiError {
+    fn from(e: ApplyError) -> Self {
+        match e {
+            ApplyError::Enroll(EnrollError::UnknownJourney(id)) => {
+                ApiError::not_found(format!("no journey `{id}`"))
+            }
+            ApplyError::Enroll(e @ EnrollError::NotApiTriggered(_)) => {
+                ApiError::new(StatusCode::CONFLICT, e.to_string())
+            }
+            ApplyError::Store(e) => e.into(),
+            ApplyError::Closed => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting down; retry later",
+            ),
+        }
+    }
+}
+
+/// A JSON object body, refused with an [`ApiError`] when it is not one.
+pub struct JsonObject(pub Map<String, Value>);
+
+impl<S: Send + Sync> FromRequest<S> for JsonObject {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e: BytesRejection| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("the body is larger than {MAX_BODY} bytes"),
+                    )
+                } else {
+                    ApiError::new(e.status(), e.body_text())
+                }
+            })?;
+        match serde_json::from_slice(&bytes) {
+            Ok(Value::Object(map)) => Ok(JsonObject(map)),
+            Ok(_) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "the body must be a JSON object",
+            )),
+            Err(e) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("malformed JSON: {e}"),
+            )),
+        }
+    }
+}
+
+/// Reads the fields of one object, naming them (with `prefix`) in errors.
+struct Fields<'a> {
+    map: &'a Map<String, Value>,
+    prefix: String,
+}
+
+impl<'a> Fields<'a> {
+    fn new(map: &'a Map<String, Value>, prefix: impl Into<String>) -> Fields<'a> {
+        Fields {
+            map,
+            prefix: prefix.into(),
+        }
+    }
+
+    fn name(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    fn allow(&self, keys: &[&str]) -> Result<(), ApiError> {
+        for key in self.map.keys() {
+            if !keys.contains(&key.as_str()) && !ENVELOPE.contains(&key.as_str()) {
+                return Err(ApiError::field(
+                    self.name(key),
+                    format!("unknown field `{key}`; expected one of {}", keys.join(", ")),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A string (or a number, as Segment allows for ids); `null` counts as absent.
+    fn id(&self, key: &str) -> Result<Option<String>, ApiError> {
+        match self.map.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.trim().is_empty() => {
+                Err(ApiError::field(self.name(key), "must not be empty"))
+            }
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(Value::Number(n)) => Ok(Some(n.to_string())),
+            Some(_) => Err(ApiError::field(self.name(key), "must be a string")),
+        }
+    }
+
+    fn required(&self, key: &str) -> Result<String, ApiError> {
+        self.id(key)?
+            .ok_or_else(|| ApiError::field(self.name(key), format!("`{key}` is required")))
+    }
+
+    /// A non-empty string: names are never numbers.
+    fn name_field(&self, key: &str) -> Result<String, ApiError> {
+        match self.map.get(key) {
+            Some(Value::String(_)) => self.required(key),
+            None | Some(Value::Null) => self.required(key),
+            Some(_) => Err(ApiError::field(self.name(key), "must be a string")),
+        }
+    }
+
+    fn object(&self, key: &str) -> Result<Map<String, Value>, ApiError> {
+        match self.map.get(key) {
+            None | Some(Value::Null) => Ok(Map::new()),
+            Some(Value::Object(map)) => Ok(map.clone()),
+            Some(_) => Err(ApiError::field(self.name(key), "must be an object")),
+        }
+    }
+
+    fn time(&self, key: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
+        match self.map.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => DateTime::parse_from_rfc3339(s)
+                .map(|t| Some(t.with_timezone(&Utc)))
+                .map_err(|e| {
+                    ApiError::field(self.name(key), format!("not an ISO 8601 timestamp: {e}"))
+                }),
+            Some(_) => Err(ApiError::field(
+                self.name(key),
+                "must be an ISO 8601 string",
+            )),
+        }
+    }
+
+    /// `userId`, else `anonymousId`: one is required.
+    fn customer(&self) -> Result<(Option<String>, Option<String>), ApiError> {
+        let user = self.id("userId")?;
+        let anonymous = self.id("anonymousId")?;
+        if user.is_none() && anonymous.is_none() {
+            return Err(ApiError::field(
+                self.name("userId"),
+                "`userId` or `anonymousId` is required",
+            ));
+        }
+        Ok((user, anonymous))
+    }
+}
+
+/// One validated call, as in a batch.
+enum Call {
+    Track(NewEvent),
+    Identify {
+        user: Option<String>,
+        anonymous: Option<String>,
+        traits: Map<String, Value>,
+    },
+    Alias {
+        previous: String,
+        user: String,
+    },
+}
+
+fn parse_track(f: &Fields<'_>, now: DateTime<Utc>) -> Result<Call, ApiError> {
+    f.allow(&[
+        "userId",
+        "anonymousId",
+        "event",
+        "properties",
+        "timestamp",
+        "messageId",
+    ])?;
+    let (user, anonymous) = f.customer()?;
+    Ok(Call::Track(NewEvent {
+        customer: user.or(anonymous).unwrap_or_default(),
+        name: f.name_field("event")?,
+        at: f.time("timestamp")?.unwrap_or(now),
+        properties: f.object("properties")?,
+        message_id: f.id("messageId")?,
+    }))
+}
+
+fn parse_identify(f: &Fields<'_>) -> Result<Call, ApiError> {
+    f.allow(&["userId", "anonymousId", "traits", "timestamp", "messageId"])?;
+    f.time("timestamp")?;
+    let (user, anonymous) = f.customer()?;
+    Ok(Call::Identify {
+        user,
+        anonymous,
+        traits: f.object("traits")?,
+    })
+}
+
+fn parse_alias(f: &Fields<'_>) -> Result<Call, ApiError> {
+    f.allow(&["previousId", "userId", "timestamp", "messageId"])?;
+    f.time("timestamp")?;
+    Ok(Call::Alias {
+        previous: f.required("previousId")?,
+        user: f.required("userId")?,
+    })
+}
+
+async fn apply(daemon: &Arc<Daemon>, call: Call) -> Result<Value, ApiError> {
+    match call {
+        Call::Track(event) => {
+            let now = daemon.clock.now();
+            match daemon.store.ingest_event(&event, now).await? {
+                Ingested::Duplicate => {
+                    daemon
+                        .metrics
+                        .events_duplicate
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    Ok(json!({"success": true, "duplicate": true}))
+                }
+                Ingested::Accepted(seq) => {
+                    daemon
+                        .metrics
+                        .events_ingested
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let stored = Event {
+                        name: event.name,
+                        at: event.at,
+                        properties: event.properties,
+                    };
+                    // Stored already: if it cannot be queued now, the inbox sweep will.
+                    if let Err(e) = daemon.submit_event(&event.customer, seq, stored).await {
+                        tracing::warn!(error = %e, seq, "event stored but not queued yet");
+                    }
+                    Ok(json!({"success": true}))
+                }
+            }
+        }
+        Call::Identify {
+            user,
+            anonymous,
+            traits,
+        } => {
+            let id = match (user, anonymous) {
+                (Some(user), Some(anonymous)) => {
+                    daemon
+                        .call(
+                            &user,
+                            Input::Alias {
+                                previous: anonymous,
+                            },
+                        )
+                        .await?;
+                    user
+                }
+                (user, anonymous) => user.or(anonymous).unwrap_or_default(),
+            };
+            daemon.call(&id, Input::Identify { traits }).await?;
+            Ok(json!({"success": true}))
+        }
+        Call::Alias { previous, user } => {
+            daemon.call(&user, Input::Alias { previous }).await?;
+            Ok(json!({"success": true}))
+        }
+    }
+}
+
+async fn track(
+    State(daemon): State<Arc<Daemon>>,
+    JsonObject(body): JsonObject,
+) -> Result<Json<Value>, ApiError> {
+    let call = parse_track(&Fields::new(&body, ""), daemon.clock.now())?;
+    Ok(Json(apply(&daemon, call).await?))
+}
+
+async fn identify(
+    State(daemon): State<Arc<Daemon>>,
+    JsonObject(body): JsonObject,
+) -> Result<Json<Value>, ApiError> {
+    let call = parse_identify(&Fields::new(&body, ""))?;
+    Ok(Json(apply(&daemon, call).await?))
+}
+
+async fn alias(
+    State(daemon): State<Arc<Daemon>>,
+    JsonObject(body): JsonObject,
+) -> Result<Json<Value>, ApiError> {
+    let call = parse_alias(&Fields::new(&body, ""))?;
+    Ok(Json(apply(&daemon, call).await?))
+}
+
+/// Every item is validated before any is applied, so a bad item refuses the whole batch
+/// rather than leaving half of it applied.
+async fn batch(
+    State(daemon): State<Arc<Daemon>>,
+    JsonObject(body): JsonObject,
+) -> Result<Json<Value>, ApiError> {
+    let f = Fields::new(&body, "");
+    f.allow(&["batch", "timestamp", "messageId"])?;
+    let Some(Value::Array(items)) = body.get("batch") else {
+        return Err(ApiError::field("batch", "`batch` must be an array"));
+    };
+    let now = daemon.clock.now();
+    let mut calls = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let prefix = format!("batch[{i}].");
+        let Value::Object(map) = item else {
+            return Err(ApiError::field(format!("batch[{i}]"), "must be an object"));
+        };
+        let f = Fields::new(map, prefix);
+        calls.push(match map.get("type").and_then(Value::as_str) {
+            Some("track") => parse_track(&f, now)?,
+            Some("identify") => parse_identify(&f)?,
+            Some("alias") => parse_alias(&f)?,
+            Some(other) => {
+                return Err(ApiError::field(
+                    f.name("type"),
+                    format!("unsupported type `{other}`; expected track, identify or alias"),
+                ));
+            }
+            None => return Err(ApiError::field(f.name("type"), "`type` is required")),
+        });
+    }
+    for call in calls {
+        apply(&daemon, call).await?;
+    }
+    Ok(Json(json!({"success": true})))
+}
+
+async fn enroll(
+    State(daemon): State<Arc<Daemon>>,
+    Path(journey): Path<String>,
+    JsonObject(body): JsonObject,
+) -> Result<Json<Value>, ApiError> {
+    let f = Fields::new(&body, "");
+    f.allow(&["userId", "properties"])?;
+    let user = f.required("userId")?;
+    let properties = f.object("properties")?;
+    let applied = daemon
+        .call(
+            &user,
+            Input::Enroll {
+                journey,
+                properties,
+            },
+        )
+        .await?;
+    let entered: Vec<&str> = applied
+        .effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Entered { enrollment, .. } => Some(enrollment.as_str()),
+            _ => None,
+        })
+        .collect();
+    Ok(Json(json!({
+        "enrolled": !entered.is_empty(),
+        "enrollment": entered.first(),
+        "customer": applied.customer,
+    })))
+}
+
+async fn profile(
+    State(daemon): State<Arc<Daemon>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let customer = daemon.store.load_customer(&id).await?;
+    let events = daemon.store.recent_events(&id, PROFILE_RECENT).await?;
+    if customer.revision == 0 && events.is_empty() {
+        return Err(ApiError::not_found(format!("no profile `{id}`")));
+    }
+    let messages = daemon.store.recent_messages(&id, PROFILE_RECENT).await?;
+    let state = &customer.state;
+    let enrollments: Vec<Value> = daemon.with_engine(|engine| {
+        state
+            .enrollments
+            .iter()
+            .map(|e| {
+                let step = engine.journey_of(e).map(|j| j.step(e.step).id.clone());
+                json!({
+                    "id": e.id,
+                    "journey": e.journey,
+                    "version": e.version,
+                    "key": e.key,
+                    "step": step,
+                    "status": if e.is_active() { "active" } else { "ended" },
+                    "outcome": e.outcome().map(|o| o.as_str()),
+                    "wake_at": e.wake,
+                    "entered_at": e.entered_at,
+                    "variant": e.variant,
+                    "control": e.control,
+                })
+            })
+            .collect()
+    });
+    let events: Vec<Value> = events
+        .iter()
+        .map(|e| {
+            json!({
+                "event": e.event.name,
+                "timestamp": e.event.at,
+                "properties": e.event.properties,
+                "messageId": e.message_id,
+                "handled": e.processed,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "id": state.profile.id,
+        "traits": state.profile.traits,
+        "enrollments": enrollments,
+        "events": events,
+        "messages": messages,
+    })))
+}
+
+fn trigger_kind(trigger: &waymark_journey::Trigger) -> &'static str {
+    match trigger {
+        waymark_journey::Trigger::Event { .. } => "event",
+        waymark_journey::Trigger::Segment { .. } => "segment",
+        waymark_journey::Trigger::Schedule { .. } => "schedule",
+        waymark_journey::Trigger::Api => "api",
+    }
+}
+
+async fn journeys(State(daemon): State<Arc<Daemon>>) -> Result<Json<Value>, ApiError> {
+    let list = daemon.with_engine(|engine| engine.workspace().journeys.clone());
+    let mut out = Vec::with_capacity(list.len());
+    for journey in list {
+        let counts = daemon.store.journey_counts(&journey.id).await?;
+        out.push(json!({
+            "id": journey.id,
+            "name": journey.name,
+            "version": journey.version,
+            "trigger": trigger_kind(&journey.trigger),
+            "active": counts.active.values().sum::<u64>(),
+            "outcomes": counts.outcomes,
+        }));
+    }
+    Ok(Json(json!({"journeys": out})))
+}
+
+async fn journey(
+    State(daemon): State<Arc<Daemon>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let Some(journey) = daemon.with_engine(|engine| engine.workspace().journey(&id).cloned())
+    else {
+        return Err(ApiError::not_found(format!("no journey `{id}`")));
+    };
+    let counts = daemon.store.journey_counts(&id).await?;
+    let steps: Vec<Value> = journey
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, step)| {
+            let active: u64 = counts
+                .active
+                .iter()
+                .filter(|((version, idx), _)| *version == journey.version && *idx == i)
+                .map(|(_, n)| n)
+                .sum();
+            json!({"id": step.id, "kind": step.kind.name(), "stage": step.stage, "active": active})
+        })
+        .collect();
+    let mut versions: Vec<&String> = counts.active.keys().map(|(v, _)| v).collect();
+    versions.dedup();
+    let mut variants = Map::new();
+    for ((variant, status), n) in &counts.variants {
+        let entry = variants
+            .entry(variant.clone())
+            .or_insert_with(|| json!({"entered": 0, "converted": 0}));
+        entry["entered"] = json!(entry["entered"].as_u64().unwrap_or(0) + n);
+        if status == "converted" {
+            entry["converted"] = json!(n);
+        }
+    }
+    for entry in variants.values_mut() {
+        let entered = entry["entered"].as_u64().unwrap_or(0);
+        let converted = entry["converted"].as_u64().unwrap_or(0);
+        entry["conversion"] = json!(if entered == 0 {
+            0.0
+        } else {
+            converted as f64 / entered as f64
+        });
+    }
+    Ok(Json(json!({
+        "id": journey.id,
+        "name": journey.name,
+        "description": journey.description,
+        "version": journey.version,
+        "versions_in_use": versions,
+        "trigger": trigger_kind(&journey.trigger),
+        "steps": steps,
+        "outcomes": counts.outcomes,
+        "variants": variants,
+    })))
+}
+
+async fn reload(State(daemon): State<Arc<Daemon>>) -> Result<Json<Value>, ApiError> {
+    match daemon.reload().await {
+        Ok(n) => Ok(Json(json!({"success": true, "journeys": n}))),
+        Err(diagnostics) => {
+            let rendered: Vec<String> = diagnostics.iter().map(|d| d.render()).collect();
+            Err(ApiError {
+                extra: Some(Box::new(("diagnostics", json!(rendered)))),
+                ..ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "the journeys have errors; the running set is kept",
+                )
+            })
+        }
+    }
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn metrics(State(daemon): State<Arc<Daemon>>) -> Response {
+    let depths = daemon.store.depths().await.ok();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        daemon.metrics.render(depths),
+    )
+        .into_response()
+}
+
+/// Bearer API keys, when configured. `/healthz` stays open for load balancers.
+async fn authenticate(State(daemon): State<Arc<Daemon>>, request: Request, next: Next) -> Response {
+    let keys = &daemon.config.api_keys;
+    if keys.is_empty() || request.uri().path() == "/healthz" {
+        return next.run(request).await;
+    }
+    let token = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match token {
+        Some(token)
+            if keys
+                .iter()
+                .any(|k| constant_time_eq(k.as_bytes(), token.as_bytes())) =>
+        {
+            next.run(request).await
+        }
+        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "unknown API key").into_response(),
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "an API key is required: `Authorization: Bearer KEY`",
+        )
+        .into_response(),
+    }
+}
+
+/// Compares without an early exit, so response times don't reveal how much of a key
+/// matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The API on a daemon.
+pub fn router(daemon: Arc<Daemon>) -> Router {
+    Router::new()
+        .route("/v1/track", post(track))
+        .route("/v1/identify", post(identify))
+        .route("/v1/alias", post(alias))
+        .route("/v1/batch", post(batch))
+        .route("/v1/journeys", get(journeys))
+        .route("/v1/journeys/{id}", get(journey))
+        .route("/v1/journeys/{id}/enroll", post(enroll))
+        .route("/v1/profiles/{id}", get(profile))
+        .route("/v1/reload", post(reload))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
+        })
+        .layer(middleware::from_fn_with_state(daemon.clone(), authenticate))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(daemon)
+}

@@ -1,0 +1,191 @@
+//! Channels built from config, and the built-in `log` kind.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use waymark_channel::{
+    Channel, ChannelKind, ConfigError, Delivery, DeliveryError, OutboundMessage, Registry,
+};
+use waymark_scheduler::ChannelDirectory;
+
+/// `kind: log`: prints each message through `tracing` instead of sending it. The default
+/// for every channel when the daemon runs without a config file, so journeys can be tried
+/// end to end before any provider is set up.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogKind;
+
+/// A `log` channel's config: nothing but an optional override of the address trait.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogConfig {}
+
+impl ChannelKind for LogKind {
+    fn kind(&self) -> &'static str {
+        "log"
+    }
+
+    /// A log channel stands in for a real one; the daemon takes its address trait from
+    /// the channel's conventional name (`email` -> `email`), see [`Channels`].
+    fn address_trait(&self) -> Option<&'static str> {
+        None
+    }
+
+    fn build(
+        &self,
+        name: &str,
+        config: &serde_json::Value,
+    ) -> Result<Arc<dyn Channel>, ConfigError> {
+        let _: LogConfig = waymark_channel::parse_config(name, config)?;
+        Ok(Arc::new(LogChannel))
+    }
+}
+
+struct LogChannel;
+
+#[async_trait]
+impl Channel for LogChannel {
+    async fn deliver(&self, message: &OutboundMessage) -> Result<Delivery, DeliveryError> {
+        tracing::info!(
+            target: "waymark::log_channel",
+            channel = %message.channel,
+            address = message.address.as_deref().unwrap_or("-"),
+            customer = %message.customer_id,
+            journey = %message.journey_id,
+            step = %message.step_id,
+            template = %message.template,
+            key = %message.idempotency_key,
+            content = %serde_json::to_string(&message.content).unwrap_or_default(),
+            "message"
+        );
+        Ok(Delivery {
+            provider_id: Some(format!("log:{}", message.idempotency_key)),
+            detail: None,
+        })
+    }
+}
+
+/// The channel kinds this build of the daemon knows. Third-party binaries start from it
+/// and add their own with [`Registry::with`] before calling [`crate::run`].
+pub fn default_registry() -> Registry {
+    Registry::new()
+        .with(LogKind)
+        .with(waymark_channel_email::SmtpKind)
+        .with(waymark_channel_sms::TwilioKind)
+        .with(waymark_channel_sms::SmsRuKind)
+        .with(waymark_channel_telegram::TelegramKind)
+        .with(waymark_channel_whatsapp::WhatsAppKind)
+        .with(waymark_channel_vk::VkKind)
+        .with(waymark_channel_viber::ViberKind)
+        .with(waymark_channel_webhook::WebhookKind)
+}
+
+/// The daemon's channels by name, with the address trait each reaches customers through.
+pub struct Channels {
+    built: BTreeMap<String, (Arc<dyn Channel>, Option<String>)>,
+    /// Without a config file every channel name is a `log` channel, built on first use.
+    log_fallback: Option<Arc<dyn Channel>>,
+}
+
+impl Channels {
+    /// Builds every configured channel (validation only: no I/O happens here).
+    ///
+    /// # Errors
+    /// The first channel whose config does not validate, naming it.
+    pub fn build(
+        registry: &Registry,
+        config: &BTreeMap<String, serde_json::Value>,
+        log_fallback: bool,
+    ) -> Result<Channels, ConfigError> {
+        let mut built = BTreeMap::new();
+        for (name, section) in config {
+            let (channel, address) = registry.build(name, section)?;
+            let is_log = section.get("kind").and_then(|k| k.as_str()) == Some("log");
+            let address = if is_log {
+                waymark_journey::address_trait(name)
+            } else {
+                address
+            };
+            built.insert(name.clone(), (channel, address.map(str::to_owned)));
+        }
+        Ok(Channels {
+            built,
+            log_fallback: log_fallback.then(|| Arc::new(LogChannel) as Arc<dyn Channel>),
+        })
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<dyn Channel>> {
+        self.built
+            .get(name)
+            .map(|(c, _)| c.clone())
+            .or_else(|| self.log_fallback.clone())
+    }
+
+    pub fn is_known(&self, name: &str) -> bool {
+        self.log_fallback.is_some() || self.built.contains_key(name)
+    }
+}
+
+impl ChannelDirectory for Channels {
+    fn address_trait(&self, channel: &str) -> Option<&str> {
+        match self.built.get(channel) {
+            Some((_, address)) => address.as_deref(),
+            None => waymark_journey::address_trait(channel),
+        }
+    }
+}
+
+#[cfg(test)]
+mod registry_tests {
+    use serde_json::json;
+
+    /// Every built-in kind is registered, with the address trait its channels reach
+    /// customers through.
+    #[test]
+    fn the_default_registry_builds_every_kind() {
+        let registry = super::default_registry();
+        let cases = [
+            (json!({"kind": "log"}), None),
+            (
+                json!({"kind": "smtp", "url": "smtp://127.0.0.1:2525", "from": "Shop <hello@shop.example>"}),
+                Some("email"),
+            ),
+            (
+                json!({"kind": "twilio", "account_sid": "AC1", "auth_token": "t", "from": "+15550001"}),
+                Some("phone"),
+            ),
+            (json!({"kind": "smsru", "api_id": "k"}), Some("phone")),
+            (
+                json!({"kind": "telegram", "bot_token": "123:abc"}),
+                Some("telegram_chat_id"),
+            ),
+            (
+                json!({"kind": "whatsapp", "access_token": "t", "phone_number_id": "1"}),
+                Some("phone"),
+            ),
+            (
+                json!({"kind": "vk", "access_token": "t"}),
+                Some("vk_user_id"),
+            ),
+            (
+                json!({"kind": "viber", "auth_token": "t", "sender_name": "Shop"}),
+                Some("viber_id"),
+            ),
+            (
+                json!({"kind": "webhook", "url": "https://crm.example/tasks", "secret": "s"}),
+                None,
+            ),
+        ];
+        for (config, address) in cases {
+            let built = registry.build("channel", &config);
+            let (_, trait_name) = built.unwrap_or_else(|e| panic!("{config}: {e}"));
+            assert_eq!(trait_name, address, "{config}");
+        }
+        assert!(
+            registry
+                .build("channel", &json!({"kind": "carrier_pigeon"}))
+                .is_err()
+        );
+    }
+}
