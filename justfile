@@ -20,3 +20,7 @@ lint:
 # Benchmarks: engine throughput and the scenario suite's time.
 bench:
     cargo bench -p waymark-scenario --bench engine
+
+# Run the daemon on the example journeys (embedded SQLite under ./data).
+serve:
+    cargo run --release -p waymark -- serve
