@@ -138,6 +138,7 @@ impl Engine {
         now: DateTime<Utc>,
     ) -> Vec<Effect> {
         let mut cx = Cx::new(now);
+        cx.instant = event.at.min(now);
         Arc::make_mut(&mut state.profile.history).push(event.clone());
         if event.name == "unsubscribed"
             && let Some(channel) = event.properties.get("channel").and_then(Value::as_str)
@@ -619,7 +620,7 @@ impl Engine {
                 let tz = customer_timezone(&profile.traits, policy);
                 let mut at = match send.at {
                     SendAt::Now => cx.now,
-                    SendAt::BestTime => best_time(cx.now, tz, &profile.history),
+                    SendAt::BestTime => best_time(cx.now, cx.instant, tz, &profile.history),
                 };
                 if let (false, Some(quiet)) = (send.transactional, policy.quiet_hours) {
                     at = after_quiet_hours(at, tz, quiet);
@@ -713,6 +714,9 @@ struct Cx {
     /// When the work being done was due: a timer's time, else `now`. A send due longer
     /// ago than `max_lateness` is skipped as expired.
     due: DateTime<Utc>,
+    /// The moment being handled as the customer saw it: an event's own time (which may
+    /// be a little before `now` in the daemon), else `now`.
+    instant: DateTime<Utc>,
     effects: Vec<Effect>,
 }
 
@@ -721,6 +725,7 @@ impl Cx {
         Cx {
             now,
             due: now,
+            instant: now,
             effects: Vec::new(),
         }
     }

@@ -164,12 +164,18 @@ pub fn after_quiet_hours(at: DateTime<Utc>, tz: Tz, quiet: QuietHours) -> DateTi
 }
 
 /// The best hour to reach a customer: the local hour of day in which their events of the
-/// last 90 days (not counting those at `now`) were most frequent, ties to the earliest.
+/// last 90 days before `instant` (the moment being handled: the triggering event's time,
+/// so that it and what came with it do not count) were most frequent, ties to the earliest.
 /// Returns the send time: `now` if that hour is under way or there is no such event, else
 /// the next start of that hour.
-pub fn best_time(now: DateTime<Utc>, tz: Tz, history: &EventLog) -> DateTime<Utc> {
+pub fn best_time(
+    now: DateTime<Utc>,
+    instant: DateTime<Utc>,
+    tz: Tz,
+    history: &EventLog,
+) -> DateTime<Utc> {
     let mut per_hour = [0_u32; 24];
-    for event in history.between(now - TimeDelta::days(90), now) {
+    for event in history.between(instant - TimeDelta::days(90), instant) {
         per_hour[event.at.with_timezone(&tz).hour() as usize] += 1;
     }
     let Some((hour, _)) = per_hour

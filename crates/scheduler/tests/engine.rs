@@ -213,3 +213,40 @@ fn merging_a_profile_already_in_the_journey_exits_the_merged_enrollment() {
     assert_eq!(ann.enrollments.iter().filter(|e| e.is_active()).count(), 1);
     assert_eq!(ann.profile.history.len(), 2);
 }
+
+#[test]
+fn best_time_does_not_count_the_triggering_event_handled_a_moment_after_it_happened() {
+    let engine = engine(load(
+        "id: menu\ntrigger: {event: menu_updated}\nsteps:\n  offer: {send: email, template: hello, at: best_time}\n",
+    ));
+    let mut state = ann();
+    state
+        .profile
+        .traits
+        .insert("timezone".to_owned(), Value::from("Europe/Moscow"));
+    // One earlier order at 15:xx Moscow time.
+    let earlier = Event {
+        name: "order_completed".to_owned(),
+        at: t0() - TimeDelta::days(3) + TimeDelta::hours(2),
+        properties: Map::new(),
+    };
+    engine.on_event(&mut state, &earlier, earlier.at);
+    // The menu update happened at 13:00 Moscow time and reaches the daemon a second later.
+    // Counted, it would tie 13:00 with 15:00 (earliest wins: send at once); it must not count.
+    let update = Event {
+        name: "menu_updated".to_owned(),
+        at: t0(),
+        properties: Map::new(),
+    };
+    let effects = engine.on_event(&mut state, &update, t0() + TimeDelta::seconds(1));
+    assert!(
+        messages(&effects).is_empty(),
+        "deferred, not sent at once: {effects:?}"
+    );
+    let enrollment = state
+        .enrollments
+        .iter()
+        .find(|e| e.journey == "menu")
+        .unwrap();
+    assert_eq!(enrollment.wake, Some(t0() + TimeDelta::hours(2)));
+}
