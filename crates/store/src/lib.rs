@@ -154,6 +154,16 @@ pub struct LoggedMessage {
     pub provider_id: Option<String>,
 }
 
+/// A message handed to a channel, as a delivery receipt finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentRef {
+    pub idempotency_key: String,
+    /// The profile it was sent to (after any later merge).
+    pub customer: String,
+    pub journey: String,
+    pub step: String,
+}
+
 /// Counts for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Depths {
@@ -231,6 +241,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// The customer's latest messages, newest first.
     async fn recent_messages(&self, customer: &str, limit: u32) -> Result<Vec<LoggedMessage>>;
+
+    /// The message a delivery receipt is about: the one the provider accepted under
+    /// `provider_id`, else the latest one delivered on `channel` to `address` (for
+    /// providers whose callbacks name only the recipient).
+    async fn find_sent_message(
+        &self,
+        channel: &str,
+        provider_id: Option<&str>,
+        address: Option<&str>,
+    ) -> Result<Option<SentRef>>;
 
     /// Remembers the files a journey version was loaded from (idempotent).
     async fn record_journey_version(

@@ -29,7 +29,7 @@ use crate::codec::{
 };
 use crate::{
     Commit, Customer, DEDUP_WINDOW, Depths, DueTimer, Error, Ingested, JourneyCounts,
-    LoggedMessage, NewEvent, OutboxMessage, Result, Store, StoredEvent,
+    LoggedMessage, NewEvent, OutboxMessage, Result, SentRef, Store, StoredEvent,
 };
 
 /// How many alias redirects are followed before the chain is taken for a cycle.
@@ -45,14 +45,27 @@ pub struct SqliteStore {
 /// The migrations, embedded so the binary needs no files beside it. The PostgreSQL
 /// backend uses the same version numbers.
 fn migrator() -> Migrator {
-    let migrations = vec![Migration::new(
-        1,
-        Cow::Borrowed("init"),
-        MigrationType::Simple,
-        SqlStr::from_static(include_str!("../migrations/sqlite/0001_init.sql")),
-        false,
-    )];
-    Migrator::with_migrations(migrations)
+    let migration = |version, name, sql| {
+        Migration::new(
+            version,
+            Cow::Borrowed(name),
+            MigrationType::Simple,
+            SqlStr::from_static(sql),
+            false,
+        )
+    };
+    Migrator::with_migrations(vec![
+        migration(
+            1,
+            "init",
+            include_str!("../migrations/sqlite/0001_init.sql"),
+        ),
+        migration(
+            2,
+            "receipts",
+            include_str!("../migrations/sqlite/0002_receipts.sql"),
+        ),
+    ])
 }
 
 impl SqliteStore {
@@ -613,6 +626,47 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    async fn find_sent_message(
+        &self,
+        channel: &str,
+        provider_id: Option<&str>,
+        address: Option<&str>,
+    ) -> Result<Option<SentRef>> {
+        let row = match (provider_id, address) {
+            (Some(id), _) => {
+                sqlx::query(
+                    "SELECT idempotency_key, customer, journey, step FROM outbox
+                     WHERE channel = ? AND provider_id = ? LIMIT 1",
+                )
+                .bind(channel)
+                .bind(id)
+                .fetch_optional(&self.reader)
+                .await?
+            }
+            (None, Some(address)) => {
+                sqlx::query(
+                    "SELECT idempotency_key, customer, journey, step FROM outbox
+                     WHERE channel = ? AND address = ? AND status = 'sent'
+                     ORDER BY created_at DESC LIMIT 1",
+                )
+                .bind(channel)
+                .bind(address)
+                .fetch_optional(&self.reader)
+                .await?
+            }
+            (None, None) => None,
+        };
+        row.map(|row| {
+            Ok(SentRef {
+                idempotency_key: row.try_get("idempotency_key")?,
+                customer: row.try_get("customer")?,
+                journey: row.try_get("journey")?,
+                step: row.try_get("step")?,
+            })
+        })
+        .transpose()
     }
 
     async fn record_journey_version(

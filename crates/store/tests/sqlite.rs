@@ -422,3 +422,46 @@ async fn state_survives_closing_and_reopening_the_file() {
     store.set_schedule_tick("digest", t0()).await.unwrap();
     assert_eq!(store.schedule_tick("digest").await.unwrap(), Some(t0()));
 }
+
+#[tokio::test]
+async fn a_receipt_finds_its_message_by_provider_id_or_address() {
+    let f = fixture().await;
+    identify(&f, "ann").await;
+    track(&f, "ann", "signed_up", t0()).await;
+    let claimed = f
+        .store
+        .claim_outbox(t0(), TimeDelta::minutes(1), 10)
+        .await
+        .unwrap();
+    let key = claimed[0].idempotency_key.clone();
+    let by_address = || {
+        f.store
+            .find_sent_message("email", None, Some("ann@example.com"))
+    };
+    // Not delivered yet: a receipt naming only the address has nothing to match.
+    assert_eq!(by_address().await.unwrap(), None);
+    f.store
+        .outbox_sent(&key, Some("prov-1"), t0())
+        .await
+        .unwrap();
+
+    let found = f
+        .store
+        .find_sent_message("email", Some("prov-1"), None)
+        .await
+        .unwrap()
+        .expect("found by the provider's id");
+    assert_eq!(found.idempotency_key, key);
+    assert_eq!(found.customer, "ann");
+    assert_eq!(found.journey, "welcome");
+    assert_eq!(found.step, "hello");
+    assert_eq!(by_address().await.unwrap(), Some(found));
+    // Another channel's ids are another namespace.
+    assert_eq!(
+        f.store
+            .find_sent_message("sms", Some("prov-1"), None)
+            .await
+            .unwrap(),
+        None
+    );
+}
