@@ -252,6 +252,10 @@ pub trait Store: Send + Sync + 'static {
         address: Option<&str>,
     ) -> Result<Option<SentRef>>;
 
+    /// The stored value of setting `name`, storing `value` first if there is none: the
+    /// first writer wins, so replicas sharing a database agree.
+    async fn setting_or_insert(&self, name: &str, value: &str) -> Result<String>;
+
     /// Remembers the files a journey version was loaded from (idempotent).
     async fn record_journey_version(
         &self,

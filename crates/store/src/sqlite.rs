@@ -65,6 +65,11 @@ fn migrator() -> Migrator {
             "receipts",
             include_str!("../migrations/sqlite/0002_receipts.sql"),
         ),
+        migration(
+            3,
+            "settings",
+            include_str!("../migrations/sqlite/0003_settings.sql"),
+        ),
     ])
 }
 
@@ -667,6 +672,22 @@ impl Store for SqliteStore {
             })
         })
         .transpose()
+    }
+
+    async fn setting_or_insert(&self, name: &str, value: &str) -> Result<String> {
+        sqlx::query(
+            "INSERT INTO settings (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(value)
+        .execute(&self.writer)
+        .await?;
+        Ok(
+            sqlx::query_scalar("SELECT value FROM settings WHERE name = ?")
+                .bind(name)
+                .fetch_one(&self.writer)
+                .await?,
+        )
     }
 
     async fn record_journey_version(

@@ -465,3 +465,17 @@ async fn a_receipt_finds_its_message_by_provider_id_or_address() {
         None
     );
 }
+
+#[tokio::test]
+async fn a_setting_keeps_its_first_value() {
+    let f = fixture().await;
+    assert_eq!(
+        f.store.setting_or_insert("link_secret", "a").await.unwrap(),
+        "a"
+    );
+    assert_eq!(
+        f.store.setting_or_insert("link_secret", "b").await.unwrap(),
+        "a"
+    );
+    assert_eq!(f.store.setting_or_insert("other", "b").await.unwrap(), "b");
+}

@@ -22,6 +22,7 @@ use serde_json::{Map, Value, json};
 use waymark_scheduler::{Effect, EnrollError, Event};
 use waymark_store::{Error as StoreError, Ingested, NewEvent};
 
+use crate::callbacks;
 use crate::daemon::{ApplyError, Daemon, Input};
 
 /// The largest body accepted: Segment's own batch limit is 500 KB.
@@ -56,6 +57,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// A refusal with `status`.
+    pub fn status(status: StatusCode, error: impl Into<String>) -> ApiError {
+        ApiError::new(status, error)
+    }
+
     fn new(status: StatusCode, error: impl Into<String>) -> ApiError {
         ApiError {
             status,
@@ -371,6 +377,15 @@ async fn apply(daemon: &Arc<Daemon>, call: Call) -> Result<Value, ApiError> {
     }
 }
 
+/// Accepts an event the daemon learned itself (a receipt, a tracked link), exactly as a
+/// `track` call would.
+///
+/// # Errors
+/// The store could not take it.
+pub(crate) async fn record_event(daemon: &Arc<Daemon>, event: NewEvent) -> Result<Value, ApiError> {
+    apply(daemon, Call::Track(event)).await
+}
+
 async fn track(
     State(daemon): State<Arc<Daemon>>,
     JsonObject(body): JsonObject,
@@ -632,10 +647,10 @@ async fn metrics(State(daemon): State<Arc<Daemon>>) -> Response {
         .into_response()
 }
 
-/// Bearer API keys, when configured. `/healthz` stays open for load balancers.
+/// Bearer API keys, when configured.
 async fn authenticate(State(daemon): State<Arc<Daemon>>, request: Request, next: Next) -> Response {
     let keys = &daemon.config.api_keys;
-    if keys.is_empty() || request.uri().path() == "/healthz" {
+    if keys.is_empty() {
         return next.run(request).await;
     }
     let token = request
@@ -666,8 +681,22 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The API on a daemon.
+/// The API on a daemon. Calls need an API key (when configured) except `/healthz`, for
+/// load balancers, and the [`callbacks`] that providers and customers reach, which prove
+/// themselves by signatures.
 pub fn router(daemon: Arc<Daemon>) -> Router {
+    let open = Router::new()
+        .route("/healthz", get(healthz))
+        .route(
+            "/v1/channels/{name}/status",
+            post(callbacks::channel_status),
+        )
+        .route(
+            "/l/unsubscribe/{token}",
+            get(callbacks::unsubscribe_page).post(callbacks::unsubscribe),
+        )
+        .route("/l/open/{token}", get(callbacks::open))
+        .route("/l/click/{token}", get(callbacks::click));
     Router::new()
         .route("/v1/track", post(track))
         .route("/v1/identify", post(identify))
@@ -678,13 +707,13 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/journeys/{id}/enroll", post(enroll))
         .route("/v1/profiles/{id}", get(profile))
         .route("/v1/reload", post(reload))
-        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(daemon.clone(), authenticate))
+        .merge(open)
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
         })
-        .layer(middleware::from_fn_with_state(daemon.clone(), authenticate))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(daemon)
 }

@@ -57,6 +57,13 @@ pub struct Config {
     pub policy: Policy,
     /// Channel name -> its config section (with `kind`).
     pub channels: BTreeMap<String, Value>,
+    /// The daemon's address as customers and providers reach it, for the links it puts
+    /// in messages and for checking signed provider callbacks; `http://{listen}` if unset.
+    pub public_url: Option<String>,
+    /// Signs unsubscribe and tracking links; when unset, one is generated at the first
+    /// start and kept in the database, so links stay valid across restarts.
+    pub link_secret: Option<String>,
+    pub tracking: Tracking,
     /// No file was read: every channel a journey names is a `log` channel.
     pub defaults: bool,
     /// Where it was read from.
@@ -75,6 +82,22 @@ struct RawConfig {
     policy: Option<Value>,
     #[serde(default)]
     channels: BTreeMap<String, Value>,
+    public_url: Option<String>,
+    link_secret: Option<String>,
+    #[serde(default)]
+    tracking: Tracking,
+}
+
+/// Email open and click tracking (`tracking:`): off unless asked for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tracking {
+    /// A 1x1 image in each HTML message records `message_opened`.
+    #[serde(default)]
+    pub opens: bool,
+    /// Web links in HTML messages go through a redirect that records `message_clicked`.
+    #[serde(default)]
+    pub clicks: bool,
 }
 
 impl Config {
@@ -88,6 +111,9 @@ impl Config {
             api_keys: Vec::new(),
             policy: Policy::default(),
             channels: BTreeMap::new(),
+            public_url: None,
+            link_secret: None,
+            tracking: Tracking::default(),
             defaults: true,
             source: None,
         }
@@ -173,6 +199,20 @@ impl Config {
                 format!("`{database}` is neither sqlite://PATH nor postgres://..."),
             ));
         }
+        if let Some(url) = &raw.public_url
+            && !crate::links::is_web_link(url)
+        {
+            return Err(error(
+                "public_url",
+                format!("`{url}` is not an http:// or https:// URL"),
+            ));
+        }
+        if raw.link_secret.as_ref().is_some_and(|s| s.len() < 16) {
+            return Err(error(
+                "link_secret",
+                "must be at least 16 characters: it is all that stops forged links",
+            ));
+        }
         let config = Config {
             journeys: raw.journeys.unwrap_or(defaults.journeys),
             database,
@@ -180,11 +220,27 @@ impl Config {
             api_keys: raw.api_keys,
             policy,
             channels: raw.channels,
+            public_url: raw.public_url,
+            link_secret: raw.link_secret,
+            tracking: raw.tracking,
             defaults: false,
             source: None,
         };
         config.check_exposure()?;
         Ok(config)
+    }
+
+    /// Where customers and providers reach the daemon: `public_url`, else the listen
+    /// address (loopback when listening on every interface).
+    pub fn public_base(&self) -> String {
+        if let Some(url) = &self.public_url {
+            return url.trim_end_matches('/').to_owned();
+        }
+        let mut addr = self.listen;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        format!("http://{addr}")
     }
 
     /// Refuses to listen beyond loopback without API keys: an open ingest endpoint lets
@@ -287,5 +343,19 @@ mod tests {
         assert_eq!(bad.key, "listen");
         let kindless = Config::parse("channels:\n  sms: {url: x}\n", &env).unwrap_err();
         assert_eq!(kindless.key, "channels.sms");
+        let url = Config::parse("public_url: waymark.example\n", &env).unwrap_err();
+        assert_eq!(url.key, "public_url");
+        let short = Config::parse("link_secret: abc\n", &env).unwrap_err();
+        assert_eq!(short.key, "link_secret");
+        let tracking = Config::parse("tracking: {opens: true, click: true}\n", &env);
+        assert_eq!(tracking.unwrap_err().key, "click");
+    }
+
+    #[test]
+    fn the_public_base_defaults_to_the_listen_address() {
+        let config = Config::parse("public_url: https://w.example/\n", &env).unwrap();
+        assert_eq!(config.public_base(), "https://w.example");
+        let config = Config::parse("listen: 0.0.0.0:9000\napi_keys: [k]\n", &env).unwrap();
+        assert_eq!(config.public_base(), "http://127.0.0.1:9000");
     }
 }

@@ -24,6 +24,7 @@ use waymark_store::{Commit, Error as StoreError, OutboxMessage, Store};
 
 use crate::channels::Channels;
 use crate::config::Config;
+use crate::links::{LinkTarget, Links};
 use crate::metrics::Metrics;
 
 /// How often one input is re-applied after a concurrent change before giving up.
@@ -111,6 +112,8 @@ pub struct Daemon {
     outbox_ready: Notify,
     /// Woken when the last customer queue empties.
     idle: Notify,
+    /// Unsubscribe and tracking links; `None` until a link secret is known.
+    pub links: Option<Links>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -131,12 +134,16 @@ impl Daemon {
             channels,
             metrics: Metrics::default(),
             clock,
-            config,
             queues: Mutex::new(HashMap::new()),
             events_in_flight: Mutex::new(HashSet::new()),
             timers_in_flight: Mutex::new(HashSet::new()),
             outbox_ready: Notify::new(),
             idle: Notify::new(),
+            links: config
+                .link_secret
+                .as_deref()
+                .map(|secret| Links::new(&config.public_base(), secret, config.tracking)),
+            config,
         })
     }
 
@@ -487,16 +494,20 @@ impl Daemon {
                 m.channel
             ))),
             Some(channel) => {
+                let (content, links) = match &self.links {
+                    Some(links) => links.prepare(&LinkTarget::of(&m), &m.content),
+                    None => (m.content.clone(), BTreeMap::new()),
+                };
                 let outbound = OutboundMessage {
                     idempotency_key: m.idempotency_key.clone(),
                     channel: m.channel.clone(),
                     address: m.address.clone(),
-                    content: m.content.clone(),
+                    content,
                     customer_id: m.customer.clone(),
                     journey_id: m.journey.clone(),
                     step_id: m.step.clone(),
                     template: m.template.clone(),
-                    links: BTreeMap::new(),
+                    links,
                 };
                 match tokio::time::timeout(DELIVERY_TIMEOUT, channel.deliver(&outbound)).await {
                     Ok(result) => result,

@@ -13,9 +13,11 @@ use std::process::ExitCode;
 use clap::Parser;
 
 pub mod api;
+pub mod callbacks;
 pub mod channels;
 pub mod config;
 pub mod daemon;
+pub mod links;
 pub mod metrics;
 pub mod serve;
 

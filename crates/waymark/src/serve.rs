@@ -124,6 +124,16 @@ async fn serve(args: ServeArgs, registry: Registry) -> anyhow::Result<ExitCode> 
     }
 
     let store = open_store(&config.database).await?;
+    let mut config = config;
+    if config.link_secret.is_none() {
+        let fresh = crate::links::generate_secret().context("generating the link secret")?;
+        let kept = store
+            .setting_or_insert("link_secret", &fresh)
+            .await
+            .context("keeping the link secret in the database")?;
+        config.link_secret = Some(kept);
+    }
+    tracing::info!(public_url = %config.public_base(), "links in messages and provider callbacks use this address");
     let clock = Arc::new(SystemClock);
     let now = waymark_scheduler::Clock::now(clock.as_ref());
     daemon::record_versions(store.as_ref(), &workspace, now).await;

@@ -11,7 +11,9 @@ use tower::ServiceExt as _;
 use waymark::channels::Channels;
 use waymark::config::Config;
 use waymark::daemon::Daemon;
+use waymark::links::{LinkKind, LinkTarget};
 use waymark_scheduler::{ChannelDirectory, Engine, SystemClock};
+use waymark_store::OutboxMessage;
 use waymark_store::SqliteStore;
 
 const WELCOME: &str = "
@@ -46,12 +48,34 @@ struct Fixture {
     router: axum::Router,
 }
 
+const ORDER: &str = "
+id: order
+trigger:
+  event: order_placed
+steps:
+  confirm:
+    send: sms
+    template: confirm
+";
+
+const CONFIRM: &str = "
+sms:
+  text: \"Order confirmed\"
+";
+
 async fn fixture(api_keys: &[&str]) -> Fixture {
+    fixture_with(api_keys, |_| {}).await
+}
+
+/// A daemon with every channel a `log` channel unless `tweak` configures it.
+async fn fixture_with(api_keys: &[&str], tweak: impl FnOnce(&mut Config)) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let journeys = dir.path().join("journeys");
     write(&journeys, "welcome.yaml", WELCOME);
     write(&journeys, "vip.yaml", VIP);
+    write(&journeys, "order.yaml", ORDER);
     write(&journeys, "templates/hello.yaml", HELLO);
+    write(&journeys, "templates/confirm.yaml", CONFIRM);
     let (workspace, _) = waymark_journey::load(&journeys).unwrap();
     let store = SqliteStore::open_path(&dir.path().join("w.db"))
         .await
@@ -60,6 +84,7 @@ async fn fixture(api_keys: &[&str]) -> Fixture {
     let mut config = Config::defaults();
     config.journeys = journeys;
     config.api_keys = api_keys.iter().map(|k| (*k).to_owned()).collect();
+    tweak(&mut config);
     let registry = waymark::default_registry();
     let channels = Arc::new(Channels::build(&registry, &config.channels, true).unwrap());
     let directory: Arc<dyn ChannelDirectory> = channels.clone();
@@ -148,7 +173,7 @@ async fn a_tracked_event_enrolls_and_produces_a_message() {
         .iter()
         .map(|j| j["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, ["vip", "welcome"]);
+    assert_eq!(ids, ["order", "vip", "welcome"]);
     let (_, welcome) = call(&f, "GET", "/v1/journeys/welcome", None).await;
     assert_eq!(welcome["outcomes"]["completed"], 1);
 
@@ -306,7 +331,7 @@ async fn a_broken_reload_keeps_the_running_journeys() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
     assert!(!answer["diagnostics"].as_array().unwrap().is_empty());
     let (_, journeys) = call(&f, "GET", "/v1/journeys", None).await;
-    assert_eq!(journeys["journeys"].as_array().unwrap().len(), 2);
+    assert_eq!(journeys["journeys"].as_array().unwrap().len(), 3);
     std::fs::remove_file(root.join("broken.yaml")).unwrap();
     write(
         &root,
@@ -316,6 +341,233 @@ async fn a_broken_reload_keeps_the_running_journeys() {
     let (status, answer) = call(&f, "POST", "/v1/reload", None).await;
     assert_eq!(
         (status, answer["journeys"].clone()),
-        (StatusCode::OK, json!(3))
+        (StatusCode::OK, json!(4))
+    );
+}
+
+/// Sends a raw request; answers the status, headers and body text.
+async fn raw(f: &Fixture, request: Request<Body>) -> (StatusCode, axum::http::HeaderMap, String) {
+    let response = f.router.clone().oneshot(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
+}
+
+/// Makes `id` a customer with a message on its way: identified, then `event` tracked.
+async fn message_for(f: &Fixture, id: &str, traits: &str, event: &str) -> OutboxMessage {
+    let identify = format!(r#"{{"userId": "{id}", "traits": {traits}}}"#);
+    let ok = |answer: (StatusCode, Value)| assert_eq!(answer.0, StatusCode::OK, "{}", answer.1);
+    ok(call_with(f, "POST", "/v1/identify", Some(&identify), Some("k1")).await);
+    let track = format!(r#"{{"userId": "{id}", "event": "{event}"}}"#);
+    ok(call_with(f, "POST", "/v1/track", Some(&track), Some("k1")).await);
+    settle(f).await;
+    let now = f.daemon.clock.now();
+    let mut claimed = f
+        .daemon
+        .store
+        .claim_outbox(now, chrono::TimeDelta::minutes(1), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    claimed.remove(0)
+}
+
+fn event<'a>(profile: &'a Value, name: &str) -> Option<&'a Value> {
+    profile["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event"] == name)
+}
+
+const TWILIO_TOKEN: &str = "twilio-auth-token";
+
+/// A Twilio status callback for `sid`, signed with `token` for the daemon's address.
+fn twilio_callback(token: &str, params: &[(&str, &str)]) -> Request<Body> {
+    let params: std::collections::BTreeMap<String, String> = params
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let url = "https://waymark.shop.example/v1/channels/sms/status";
+    let signature = waymark_channel_sms::signature(token, url, &params);
+    let body = params
+        .iter()
+        .map(|(k, v)| format!("{k}={}", v.replace('+', "%2B")))
+        .collect::<Vec<_>>()
+        .join("&");
+    Request::post("/v1/channels/sms/status")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-twilio-signature", signature)
+        .body(Body::from(body))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn provider_receipts_become_events_on_the_customer() {
+    let f = fixture_with(&["k1"], |config| {
+        config.public_url = Some("https://waymark.shop.example".to_owned());
+        config.channels.insert(
+            "sms".to_owned(),
+            json!({"kind": "twilio", "account_sid": "AC1", "auth_token": TWILIO_TOKEN,
+                   "from": "+15550001", "base_url": "http://127.0.0.1:9"}),
+        );
+    })
+    .await;
+    let ann = message_for(&f, "ann", r#"{"phone": "+15550002"}"#, "order_placed").await;
+    let bob = message_for(&f, "bob", r#"{"phone": "+15550003"}"#, "order_placed").await;
+    let store = &f.daemon.store;
+    let now = f.daemon.clock.now();
+    store
+        .outbox_sent(&ann.idempotency_key, Some("SM-ann"), now)
+        .await
+        .unwrap();
+    store
+        .outbox_sent(&bob.idempotency_key, Some("SM-bob"), now)
+        .await
+        .unwrap();
+
+    // No API key needed: Twilio's signature is the proof.
+    let delivered = [
+        ("MessageSid", "SM-ann"),
+        ("MessageStatus", "delivered"),
+        ("To", "+15550002"),
+    ];
+    let (status, _, body) = raw(&f, twilio_callback(TWILIO_TOKEN, &delivered)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["matched"], 1);
+    // Twilio retries a callback it thinks failed: recorded once.
+    raw(&f, twilio_callback(TWILIO_TOKEN, &delivered)).await;
+    let (status, _, _) = raw(&f, twilio_callback("not-the-token", &delivered)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let gone = [
+        ("MessageSid", "SM-bob"),
+        ("MessageStatus", "undelivered"),
+        ("To", "+15550003"),
+        ("ErrorCode", "30006"),
+    ];
+    let (status, _, _) = raw(&f, twilio_callback(TWILIO_TOKEN, &gone)).await;
+    assert_eq!(status, StatusCode::OK);
+    settle(&f).await;
+
+    let (_, profile) = call_with(&f, "GET", "/v1/profiles/ann", None, Some("k1")).await;
+    let receipts: Vec<&Value> = profile["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"] == "message_delivered")
+        .collect();
+    assert_eq!(receipts.len(), 1, "{profile}");
+    let properties = &receipts[0]["properties"];
+    assert_eq!(properties["channel"], "sms");
+    assert_eq!(properties["message_key"], ann.idempotency_key.as_str());
+    assert_eq!(properties["journey"], "order");
+    assert_eq!(properties["step"], "confirm");
+    assert_eq!(properties["provider_id"], "SM-ann");
+
+    let (_, profile) = call_with(&f, "GET", "/v1/profiles/bob", None, Some("k1")).await;
+    let bounce = event(&profile, "message_bounced").expect("the bounce is on bob");
+    assert_eq!(bounce["properties"]["detail"], "Twilio error 30006");
+    assert_eq!(profile["traits"]["unreachable"], json!(["sms"]));
+
+    let (status, _, _) = raw(
+        &f,
+        Request::post("/v1/channels/email/status")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "a log channel takes no receipts"
+    );
+}
+
+#[tokio::test]
+async fn unsubscribe_open_and_click_links_record_on_the_customer() {
+    let f = fixture_with(&["k1"], |config| {
+        config.link_secret = Some("a-secret-of-sixteen-or-more".to_owned());
+    })
+    .await;
+    let m = message_for(&f, "ann", r#"{"email": "ann@example.com"}"#, "signed_up").await;
+    let links = f
+        .daemon
+        .links
+        .as_ref()
+        .expect("a link secret is configured");
+    let target = LinkTarget::of(&m);
+    let path = |kind: LinkKind, target: &LinkTarget| {
+        links
+            .url(kind, target)
+            .strip_prefix("http://127.0.0.1:8080")
+            .unwrap()
+            .to_owned()
+    };
+
+    // A mail scanner following the link only sees a question.
+    let unsubscribe = path(LinkKind::Unsubscribe, &target);
+    let (status, _, page) = raw(&f, Request::get(&unsubscribe).body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("<form method=\"post\">"), "{page}");
+    // RFC 8058 one-click: a POST with `List-Unsubscribe=One-Click`.
+    let one_click = Request::post(&unsubscribe)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Body::from("List-Unsubscribe=One-Click"))
+        .unwrap();
+    let (status, _, page) = raw(&f, one_click).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("no more email messages"), "{page}");
+
+    let (status, headers, _) = raw(
+        &f,
+        Request::get(path(LinkKind::Open, &target))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-type"], "image/gif");
+
+    let click = LinkTarget {
+        url: Some("https://shop.example/cart?id=1".to_owned()),
+        ..target.clone()
+    };
+    let (status, headers, _) = raw(
+        &f,
+        Request::get(path(LinkKind::Click, &click))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert!(status.is_redirection(), "{status}");
+    assert_eq!(headers["location"], "https://shop.example/cart?id=1");
+
+    // A token for another customer, or another link kind, is refused.
+    let forged = path(LinkKind::Open, &target).replace("/l/open/", "/l/unsubscribe/");
+    let (status, _, _) = raw(&f, Request::post(&forged).body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    settle(&f).await;
+
+    let (_, profile) = call_with(&f, "GET", "/v1/profiles/ann", None, Some("k1")).await;
+    assert_eq!(
+        profile["traits"]["unsubscribed"],
+        json!(["email"]),
+        "{profile}"
+    );
+    let unsubscribed = event(&profile, "unsubscribed").unwrap();
+    assert_eq!(
+        unsubscribed["properties"]["message_key"],
+        m.idempotency_key.as_str()
+    );
+    assert!(event(&profile, "message_opened").is_some());
+    let clicked = event(&profile, "message_clicked").unwrap();
+    assert_eq!(
+        clicked["properties"]["url"],
+        "https://shop.example/cart?id=1"
     );
 }
