@@ -14,7 +14,8 @@
 //! `service_account_json` is the JSON key file of a service account allowed to send
 //! messages (the Firebase Admin SDK account, or any with the "Firebase Cloud Messaging API
 //! Admin" role); the flow uses its `client_email`, `private_key` and `token_uri`. It is a
-//! secret: keep it in the environment, never in the file.
+//! secret: keep it in the environment, never in the file. `base_url` moves only the send
+//! endpoint; the token endpoint is the key file's `token_uri`.
 //!
 //! The customer's address is the `push_token` profile trait: the FCM registration token
 //! the app got on the device.
