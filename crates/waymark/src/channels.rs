@@ -79,6 +79,7 @@ pub fn default_registry() -> Registry {
         .with(waymark_channel_vk::VkKind)
         .with(waymark_channel_viber::ViberKind)
         .with(waymark_channel_webhook::WebhookKind)
+        .with(waymark_channel_push::FcmKind::default())
 }
 
 /// The daemon's channels by name, with the address trait each reaches customers through.
