@@ -403,11 +403,13 @@ fn report_segment_cycles(r: &mut Report<'_>, entries: &[(yaml::Key, Node)], edge
 }
 
 /// The fields a template part may have, by channel.
+/// The fields a template part may have. `push` may also carry a notification `title`
+/// and an `image` URL, which a push notification shows beside its text.
 fn template_fields(channel: &str) -> &'static [&'static str] {
-    if channel == "email" {
-        &["subject", "html", "text"]
-    } else {
-        &["text", "body"]
+    match channel {
+        "email" => &["subject", "html", "text"],
+        "push" => &["title", "text", "image"],
+        _ => &["text", "body"],
     }
 }
 

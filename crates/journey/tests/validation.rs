@@ -132,6 +132,24 @@ fn preferred_sends_need_a_part_for_every_policy_channel() {
 }
 
 #[test]
+fn a_push_part_may_have_a_title_and_an_image() {
+    let journey =
+        "id: j\ntrigger: {event: signed_up}\nsteps:\n  hi:\n    send: push\n    template: note\n";
+    let note = "push:\n  title: \"Hi {{ profile.first_name }}\"\n  text: Your cart\n  image: https://shop.example/c.png\n";
+    let dir = workspace(&[("j.yaml", journey), ("templates/note.yaml", note)]);
+    assert!(load(dir.path()).is_ok(), "{}", diagnostics(dir.path()).1);
+
+    let sms = note.replace("push:", "sms:");
+    let dir = workspace(&[
+        ("j.yaml", &journey.replace("push", "sms")),
+        ("templates/note.yaml", &sms),
+    ]);
+    let errors = errors_in(dir.path());
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert!(errors.iter().any(|e| e.message.contains("`title`")));
+}
+
+#[test]
 fn fallback_channels_need_parts_too() {
     let dir = workspace(&[(
         "j.yaml",

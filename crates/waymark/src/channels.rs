@@ -188,5 +188,15 @@ mod registry_tests {
                 .build("channel", &json!({"kind": "carrier_pigeon"}))
                 .is_err()
         );
+        // `fcm` validates its service account's key, so it is built in its own crate's
+        // tests; here it only has to be registered.
+        let kinds: Vec<&str> = registry.kinds().collect();
+        assert_eq!(
+            kinds,
+            [
+                "fcm", "log", "smsru", "smtp", "telegram", "twilio", "viber", "vk", "webhook",
+                "whatsapp"
+            ]
+        );
     }
 }
