@@ -1,5 +1,6 @@
 //! What every adapter's tests use: a local HTTP server that records each request and
-//! answers scripted responses, a sample message, and compliance checks.
+//! answers scripted responses, a real SMTP server ([`SmtpSink`]), a sample message, and
+//! compliance checks.
 //!
 //! ```ignore
 //! let server = MockServer::start(Reply::json(200, json!({"ok": true}))).await;
@@ -11,6 +12,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -18,6 +20,10 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
 use crate::{ChannelKind, DeliveryError, OutboundMessage};
+
+mod smtp;
+
+pub use smtp::{ReceivedMail, SmtpSink};
 
 /// One request the server received.
 #[derive(Debug, Clone)]
@@ -65,6 +71,9 @@ pub struct Reply {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: String,
+    /// How long the server takes to answer after recording the request: a provider that
+    /// has accepted a message but not yet said so.
+    pub delay: Duration,
 }
 
 impl Reply {
@@ -73,12 +82,20 @@ impl Reply {
             status,
             headers: vec![("content-type".to_owned(), "application/json".to_owned())],
             body: body.to_string(),
+            delay: Duration::ZERO,
         }
     }
 
     #[must_use]
     pub fn with_header(mut self, name: &str, value: &str) -> Reply {
         self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// The same answer, given `delay` after the request was recorded.
+    #[must_use]
+    pub fn after(mut self, delay: Duration) -> Reply {
+        self.delay = delay;
         self
     }
 }
@@ -163,10 +180,7 @@ async fn record(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let mut shared = shared
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    shared.requests.push(Recorded {
+    let recorded = Recorded {
         method: method.to_string(),
         path: uri.path().to_owned(),
         query: uri.query().unwrap_or_default().to_owned(),
@@ -180,15 +194,23 @@ async fn record(
             })
             .collect(),
         body: body.to_vec(),
-    });
-    let reply = shared
-        .script
-        .pop_front()
-        .or_else(|| shared.fallback.clone());
-    drop(shared);
+    };
+    let reply = {
+        let mut shared = shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        shared.requests.push(recorded);
+        shared
+            .script
+            .pop_front()
+            .or_else(|| shared.fallback.clone())
+    };
     let Some(reply) = reply else {
         return StatusCode::NOT_FOUND.into_response();
     };
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await;
+    }
     let mut response = (
         StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         reply.body,

@@ -31,8 +31,9 @@ use crate::metrics::Metrics;
 const MAX_CONFLICTS: usize = 8;
 /// Delivery attempts before a retryable failure becomes a permanent one.
 pub const MAX_DELIVERY_ATTEMPTS: u32 = 10;
-/// How long a claimed outbox row stays claimed: longer than any delivery may take.
-const LEASE: TimeDelta = TimeDelta::seconds(120);
+/// How long a claimed outbox row stays claimed on a database other daemons share: longer
+/// than any delivery may take.
+pub const LEASE: TimeDelta = TimeDelta::seconds(120);
 /// A provider call that takes longer than this is abandoned and retried.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 const TIMER_POLL: Duration = Duration::from_millis(200);
@@ -460,9 +461,15 @@ impl Daemon {
     }
 
     /// Delivers the outbox until `stop` turns true; a batch under way is finished first.
-    pub async fn dispatch_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+    ///
+    /// Each claim keeps its messages from other daemons on the database for `lease`
+    /// ([`LEASE`]). A daemon alone on its database claims with a zero lease: this loop
+    /// finishes a batch before it claims again, so nothing else could take a message
+    /// under way, and a message cut off by a crash goes out again as soon as the daemon
+    /// is back rather than when the lease runs out.
+    pub async fn dispatch_loop(self: Arc<Self>, lease: TimeDelta, mut stop: watch::Receiver<bool>) {
         while !*stop.borrow() {
-            let claimed = match self.store.claim_outbox(self.clock.now(), LEASE, 32).await {
+            let claimed = match self.store.claim_outbox(self.clock.now(), lease, 32).await {
                 Ok(claimed) => claimed,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot claim outbox messages");

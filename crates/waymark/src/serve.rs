@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use chrono::TimeDelta;
 use tokio::sync::watch;
 use waymark_channel::Registry;
 use waymark_scheduler::{ChannelDirectory, Engine, SystemClock};
@@ -56,21 +57,55 @@ fn init_tracing() {
 /// An unsupported URL, or one that cannot be opened.
 pub async fn open_store(url: &str) -> anyhow::Result<Arc<dyn Store>> {
     if let Some(rest) = url.strip_prefix("sqlite:") {
-        let path = rest.trim_start_matches("//");
-        let path = path.split('?').next().unwrap_or(path);
-        if let Some(dir) = Path::new(path)
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-        {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("creating the database directory {}", dir.display()))?;
-        }
-        let store = SqliteStore::open_path(Path::new(path))
+        let path = sqlite_file(rest)?;
+        let store = SqliteStore::open_path(&path)
             .await
             .with_context(|| format!("`database`: {url}"))?;
         return Ok(store.shared());
     }
     bail!("`database`: `{url}`: only sqlite:// is supported by this build; PostgreSQL is planned")
+}
+
+/// The file a `sqlite://` URL's remainder names, its directory created.
+fn sqlite_file(rest: &str) -> anyhow::Result<PathBuf> {
+    let path = rest.trim_start_matches("//");
+    let path = Path::new(path.split('?').next().unwrap_or(path));
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the database directory {}", dir.display()))?;
+    }
+    Ok(path.to_path_buf())
+}
+
+/// The embedded database serves one daemon (several share PostgreSQL): a lock on
+/// `FILE.lock` beside it, held while the returned file is open, refuses a second daemon on
+/// the same file. `None` for a database other daemons may share.
+///
+/// # Errors
+/// Another daemon holds the lock, or the lock file cannot be opened.
+fn hold_embedded_database(url: &str) -> anyhow::Result<Option<std::fs::File>> {
+    let Some(rest) = url.strip_prefix("sqlite:") else {
+        return Ok(None);
+    };
+    let mut lock = sqlite_file(rest)?.into_os_string();
+    lock.push(".lock");
+    let lock = PathBuf::from(lock);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)
+        .with_context(|| format!("`database`: opening {}", lock.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "`database`: {url} is in use by another waymark daemon ({} is locked); the embedded database serves one daemon, several share PostgreSQL",
+            lock.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("`database`: locking {}", lock.display()))
+        }
+    }
 }
 
 async fn serve(args: ServeArgs, registry: Registry) -> anyhow::Result<ExitCode> {
@@ -123,6 +158,12 @@ async fn serve(args: ServeArgs, registry: Registry) -> anyhow::Result<ExitCode> 
         bail!("the journeys send on channels the config does not define");
     }
 
+    let alone = hold_embedded_database(&config.database)?;
+    let lease = if alone.is_some() {
+        TimeDelta::zero()
+    } else {
+        daemon::LEASE
+    };
     let store = open_store(&config.database).await?;
     let mut config = config;
     if config.link_secret.is_none() {
@@ -160,7 +201,7 @@ async fn serve(args: ServeArgs, registry: Registry) -> anyhow::Result<ExitCode> 
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let timers = tokio::spawn(daemon.clone().timer_loop(stop_rx.clone()));
-    let dispatcher = tokio::spawn(daemon.clone().dispatch_loop(stop_rx.clone()));
+    let dispatcher = tokio::spawn(daemon.clone().dispatch_loop(lease, stop_rx.clone()));
     let reloader = tokio::spawn(reload_on_sighup(daemon.clone(), stop_rx));
 
     let listener = tokio::net::TcpListener::bind(listen)

@@ -1,156 +1,16 @@
-//! The `smtp` channel against a real SMTP server: `tests/smtp_sink.py`, an aiosmtpd
+//! The `smtp` channel against a real SMTP server: the testkit's [`SmtpSink`], an aiosmtpd
 //! server that stores what it receives and refuses scripted recipients.
 //!
 //! These tests need `python3` with aiosmtpd (`python3 -m pip install aiosmtpd`); without
 //! them they fail and say so, rather than pass having checked nothing.
 
-use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
-use tokio::process::{Child, Command};
-use waymark_channel::testkit::{assert_rejects_unknown_fields, sample_message};
+use waymark_channel::testkit::{SmtpSink, assert_rejects_unknown_fields, sample_message};
 use waymark_channel::{Channel, ChannelKind, DeliveryError, OutboundMessage};
 use waymark_channel_email::SmtpKind;
-
-const SINK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/smtp_sink.py");
-const INSTALL: &str = "these tests need python3 with aiosmtpd: `python3 -m pip install aiosmtpd`";
-
-/// One running `smtp_sink.py`, killed when dropped.
-struct Sink {
-    port: u16,
-    dir: tempfile::TempDir,
-    _child: Child,
-}
-
-/// A message as the sink stored it.
-struct Received {
-    raw: String,
-    /// Envelope and a parse by Python's `email` package; see `smtp_sink.py`.
-    summary: Value,
-}
-
-impl Received {
-    fn rcpt_tos(&self) -> Vec<&str> {
-        self.summary["rcpt_tos"]
-            .as_array()
-            .expect("rcpt_tos")
-            .iter()
-            .filter_map(Value::as_str)
-            .collect()
-    }
-
-    /// A header as Python decoded it (RFC 2047 words resolved), by lower-case name.
-    fn header(&self, name: &str) -> &str {
-        self.summary["parsed"]["headers"][name]
-            .as_str()
-            .unwrap_or_else(|| panic!("no `{name}` header in:\n{}", self.raw))
-    }
-
-    /// A header line as sent, `Name: value`, unfolded.
-    fn raw_header(&self, name: &str) -> Option<String> {
-        let head = self.raw.split("\r\n\r\n").next().unwrap_or_default();
-        let unfolded = head.replace("\r\n ", " ").replace("\r\n\t", " ");
-        let prefix = format!("{}:", name.to_ascii_lowercase());
-        unfolded
-            .split("\r\n")
-            .find(|line| line.to_ascii_lowercase().starts_with(&prefix))
-            .map(str::to_owned)
-    }
-
-    fn content_type(&self) -> &str {
-        self.summary["parsed"]["content_type"]
-            .as_str()
-            .expect("content_type")
-    }
-
-    /// The decoded content of the leaf part with this content type.
-    fn part(&self, content_type: &str) -> Option<String> {
-        self.summary["parsed"]["parts"]
-            .as_array()
-            .expect("parts")
-            .iter()
-            .find(|part| part["content_type"] == content_type && part.get("content").is_some())
-            .and_then(|part| part["content"].as_str())
-            .map(|content| content.replace("\r\n", "\n").trim_end().to_owned())
-    }
-}
-
-impl Sink {
-    async fn start(args: &[&str]) -> Sink {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let mut child = Command::new("python3")
-            .arg(SINK)
-            .arg("--dir")
-            .arg(dir.path())
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run python3 ({e}); {INSTALL}"));
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        let ready = tokio::time::timeout(
-            Duration::from_secs(20),
-            BufReader::new(stdout).read_line(&mut line),
-        )
-        .await;
-        let port = line
-            .strip_prefix("READY ")
-            .and_then(|port| port.trim().parse().ok());
-        let Some(port) = port else {
-            let _ = child.start_kill();
-            let mut stderr = String::new();
-            if let Some(mut pipe) = child.stderr.take() {
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(5), pipe.read_to_string(&mut stderr))
-                        .await;
-            }
-            panic!(
-                "the SMTP sink did not start ({}); {INSTALL}\nstdout: {line}\nstderr: {stderr}",
-                if ready.is_err() {
-                    "timed out"
-                } else {
-                    "exited"
-                }
-            );
-        };
-        Sink {
-            port,
-            dir,
-            _child: child,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("smtp://127.0.0.1:{}", self.port)
-    }
-
-    /// Everything received so far, in arrival order.
-    fn received(&self) -> Vec<Received> {
-        let mut received = Vec::new();
-        for number in 1.. {
-            let base = self.dir.path().join(number.to_string());
-            let json = base.with_extension("json");
-            if !json.exists() {
-                break;
-            }
-            received.push(Received {
-                raw: read(&base.with_extension("eml")),
-                summary: serde_json::from_str(&read(&json)).expect("the sink writes JSON"),
-            });
-        }
-        received
-    }
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
 
 fn channel(config: Value) -> Arc<dyn Channel> {
     SmtpKind
@@ -182,7 +42,7 @@ fn cyrillic_message(address: &str) -> OutboundMessage {
 
 #[tokio::test]
 async fn delivers_multipart_mail_with_a_stable_message_id_and_one_click_unsubscribe() {
-    let sink = Sink::start(&[]).await;
+    let sink = SmtpSink::start(&[]).await;
     let email = channel(json!({
         "kind": "smtp",
         "url": sink.url(),
@@ -248,7 +108,7 @@ async fn delivers_multipart_mail_with_a_stable_message_id_and_one_click_unsubscr
 
 #[tokio::test]
 async fn one_body_makes_a_single_part_and_no_link_no_unsubscribe_header() {
-    let sink = Sink::start(&[]).await;
+    let sink = SmtpSink::start(&[]).await;
     let email = channel(json!({"url": sink.url(), "from": "hello@shop.example"}));
 
     let mut text_only = message("ann@customer.example");
@@ -292,7 +152,7 @@ async fn one_body_makes_a_single_part_and_no_link_no_unsubscribe_header() {
 
 #[tokio::test]
 async fn smtp_refusals_are_classified() {
-    let sink = Sink::start(&[
+    let sink = SmtpSink::start(&[
         "--reject",
         "gone@customer.example",
         "--defer",
@@ -392,7 +252,7 @@ async fn a_server_that_never_answers_times_out_retryably() {
 
 #[tokio::test]
 async fn logs_in_with_configured_or_url_credentials() {
-    let sink = Sink::start(&["--auth", "mailer:s3cret/!"]).await;
+    let sink = SmtpSink::start(&["--auth", "mailer:s3cret/!"]).await;
 
     let with_keys = channel(json!({
         "url": sink.url(),
@@ -406,7 +266,7 @@ async fn logs_in_with_configured_or_url_credentials() {
         .expect("logged in with username/password");
 
     let in_url = channel(json!({
-        "url": format!("smtp://mailer:s3cret%2F%21@127.0.0.1:{}", sink.port),
+        "url": format!("smtp://mailer:s3cret%2F%21@127.0.0.1:{}", sink.port()),
         "from": "hello@shop.example",
     }));
     in_url

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A real SMTP server for the email adapter's tests (needs `pip install aiosmtpd`).
+"""A real SMTP server for tests, run by the testkit's `SmtpSink` (needs `pip install aiosmtpd`).
 
     python3 smtp_sink.py --dir DIR [--port 0] [--reject ADDR]... [--defer ADDR]...
                          [--auth USER:PASSWORD]
