@@ -212,6 +212,59 @@ steps:
         message(&profile, "ann:1:task:4").unwrap()["provider_id"],
         "task-1"
     );
+
+    // The mail's one-click unsubscribe (RFC 8058) leads to the daemon and works.
+    let base = daemon.api().url().to_owned();
+    let unsubscribe = mail.header("list-unsubscribe").trim_matches(['<', '>']);
+    assert!(
+        unsubscribe.starts_with(&format!("{base}/l/unsubscribe/")),
+        "{unsubscribe}"
+    );
+    assert_eq!(
+        mail.header("list-unsubscribe-post"),
+        "List-Unsubscribe=One-Click"
+    );
+    let client = reqwest::Client::new();
+    let answer = client
+        .post(unsubscribe)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("List-Unsubscribe=One-Click")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+
+    // Twilio's status callback, signed for the address Twilio called, marks the SMS
+    // delivered.
+    let callback = format!("{base}/v1/channels/sms/status");
+    let params: std::collections::BTreeMap<String, String> = [
+        ("MessageSid", "SM0001"),
+        ("MessageStatus", "delivered"),
+        ("To", "+15550002"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let answer = client
+        .post(&callback)
+        .header(
+            "x-twilio-signature",
+            waymark_channel_sms::signature("twilio-token", &callback, &params),
+        )
+        .form(&params)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+
+    eventually("the unsubscribe and the receipt are on Анна", || async {
+        let profile = daemon.profile("ann").await;
+        let delivered = profile["events"].as_array().unwrap().iter().any(|e| {
+            e["event"] == "message_delivered" && e["properties"]["message_key"] == "ann:1:text:2"
+        });
+        profile["traits"]["unsubscribed"] == json!(["email"]) && delivered
+    })
+    .await;
 }
 
 /// A send on sms, then one on the webhook.

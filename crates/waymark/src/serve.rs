@@ -165,7 +165,13 @@ async fn serve(args: ServeArgs, registry: Registry) -> anyhow::Result<ExitCode> 
         daemon::LEASE
     };
     let store = open_store(&config.database).await?;
+    // Bound before anything is built on the address: with port 0 the address links and
+    // signed callbacks use is the port the system picked.
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("`listen`: cannot bind {}", config.listen))?;
     let mut config = config;
+    config.listen = listener.local_addr()?;
     if config.link_secret.is_none() {
         let fresh = crate::links::generate_secret().context("generating the link secret")?;
         let kept = store
@@ -189,7 +195,6 @@ async fn serve(args: ServeArgs, registry: Registry) -> anyhow::Result<ExitCode> 
     }
     tracing::info!(journeys = workspace.journeys.len(), "journeys loaded");
 
-    let listen = config.listen;
     let daemon = Daemon::new(store, engine, channels, clock, config);
     let replayed = daemon.sweep_inbox().await.context("replaying the inbox")?;
     if replayed > 0 {
@@ -204,9 +209,6 @@ async fn serve(args: ServeArgs, registry: Registry) -> anyhow::Result<ExitCode> 
     let dispatcher = tokio::spawn(daemon.clone().dispatch_loop(lease, stop_rx.clone()));
     let reloader = tokio::spawn(reload_on_sighup(daemon.clone(), stop_rx));
 
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("`listen`: cannot bind {listen}"))?;
     tracing::info!("listening on http://{}", listener.local_addr()?);
     axum::serve(listener, crate::api::router(daemon.clone()))
         .with_graceful_shutdown(shutdown_signal())
