@@ -9,6 +9,9 @@ use waymark_scheduler::{SendOutcome, Status};
 
 use crate::{Error, Result};
 
+/// How many alias redirects are followed before the chain is taken for a cycle.
+pub(crate) const MAX_ALIAS_HOPS: i64 = 64;
+
 /// Nanoseconds since the epoch: exact for every instant the engine uses (years
 /// 1678..2262), so a stored and reloaded wake time compares equal to the original.
 pub(crate) fn nanos(at: DateTime<Utc>) -> i64 {

@@ -9,16 +9,20 @@
 //! [`Customer`], hands its state to the engine with an input, and [`Store::commit`]s the
 //! changed state with the effects in one transaction.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
+use sqlx::SqlStr;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
 use waymark_scheduler::{CustomerState, Effect, Event};
 
 pub mod sqlite;
 
 mod codec;
+mod tables;
 
 pub use sqlite::SqliteStore;
 
@@ -55,6 +59,25 @@ impl From<sqlx::Error> for Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A backend's `(version, name, sql)` migrations, embedded so the binary needs no files
+/// beside it. Both backends number theirs alike: version N means the same schema in each.
+fn embedded_migrator(migrations: &[(i64, &'static str, &'static str)]) -> Migrator {
+    Migrator::with_migrations(
+        migrations
+            .iter()
+            .map(|&(version, name, sql)| {
+                Migration::new(
+                    version,
+                    Cow::Borrowed(name),
+                    MigrationType::Simple,
+                    SqlStr::from_static(sql),
+                    false,
+                )
+            })
+            .collect(),
+    )
+}
+
 /// A customer as loaded: the engine's state plus what [`Store::commit`] needs to detect a
 /// concurrent writer.
 #[derive(Debug, Clone)]
@@ -62,6 +85,16 @@ pub struct Customer {
     pub state: CustomerState,
     /// The profile row's revision when loaded; 0 for a customer not stored yet.
     pub revision: i64,
+}
+
+impl Customer {
+    /// A customer not stored yet: an empty state at revision 0.
+    pub fn unstored(id: String) -> Customer {
+        Customer {
+            state: CustomerState::new(id),
+            revision: 0,
+        }
+    }
 }
 
 /// One input's outcome, to persist atomically.

@@ -6,7 +6,6 @@
 //! committed transaction across a process crash; only a power loss may drop the last few,
 //! which is the usual trade for an embedded store.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::str::FromStr;
@@ -15,25 +14,18 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Row, SqlStr, Sqlite, Transaction};
-use waymark_journey::StepIdx;
-use waymark_scheduler::{CustomerState, Effect, Enrollment, Event, SendOutcome, SentMessage};
+use sqlx::{Row, Sqlite, Transaction};
+use waymark_scheduler::{Effect, Enrollment};
 
-use crate::codec::{
-    bools, count, instant, json_text, nanos, object, send_outcome, status, status_text, strings,
-};
+use crate::codec::{MAX_ALIAS_HOPS, instant, json_text, nanos, strings};
 use crate::{
     Commit, Customer, DEDUP_WINDOW, Depths, DueTimer, Error, Ingested, JourneyCounts,
-    LoggedMessage, NewEvent, OutboxMessage, Result, SentRef, Store, StoredEvent,
+    LoggedMessage, NewEvent, OutboxMessage, Result, SentRef, Store, StoredEvent, tables,
 };
-
-/// How many alias redirects are followed before the chain is taken for a cycle.
-const MAX_ALIAS_HOPS: usize = 64;
 
 /// The embedded store.
 #[derive(Debug, Clone)]
@@ -42,30 +34,20 @@ pub struct SqliteStore {
     reader: SqlitePool,
 }
 
-/// The migrations, embedded so the binary needs no files beside it. The PostgreSQL
-/// backend uses the same version numbers.
+/// The migrations; the PostgreSQL backend's have the same version numbers and meaning.
 fn migrator() -> Migrator {
-    let migration = |version, name, sql| {
-        Migration::new(
-            version,
-            Cow::Borrowed(name),
-            MigrationType::Simple,
-            SqlStr::from_static(sql),
-            false,
-        )
-    };
-    Migrator::with_migrations(vec![
-        migration(
+    crate::embedded_migrator(&[
+        (
             1,
             "init",
             include_str!("../migrations/sqlite/0001_init.sql"),
         ),
-        migration(
+        (
             2,
             "receipts",
             include_str!("../migrations/sqlite/0002_receipts.sql"),
         ),
-        migration(
+        (
             3,
             "settings",
             include_str!("../migrations/sqlite/0003_settings.sql"),
@@ -148,124 +130,21 @@ impl SqliteStore {
     }
 }
 
-fn enrollment(row: &SqliteRow) -> Result<Enrollment> {
-    let step: i64 = row.try_get("step")?;
-    Ok(Enrollment {
-        id: row.try_get("id")?,
-        journey: row.try_get("journey")?,
-        version: row.try_get("version")?,
-        key: row.try_get("key")?,
-        step: StepIdx(usize::try_from(step).map_err(|_| Error::Corrupt("step".to_owned()))?),
-        status: status(row.try_get("status")?, row.try_get("ended_at")?)?,
-        wake: row.try_get::<Option<i64>, _>("wake_at")?.map(instant),
-        trigger: object(row.try_get("trigger_data")?, "enrollments.trigger_data")?,
-        event: object(row.try_get("event_data")?, "enrollments.event_data")?,
-        variant: row.try_get("variant")?,
-        control: row.try_get::<i64, _>("control")? != 0,
-        entered_at: instant(row.try_get("entered_at")?),
-        sends: u32::try_from(row.try_get::<i64, _>("sends")?)
-            .map_err(|_| Error::Corrupt("sends".to_owned()))?,
-    })
-}
-
-fn stored_event(row: &SqliteRow) -> Result<StoredEvent> {
-    Ok(StoredEvent {
-        seq: row.try_get("seq")?,
-        customer: row.try_get("customer")?,
-        event: Event {
-            name: row.try_get("name")?,
-            at: instant(row.try_get("at")?),
-            properties: object(row.try_get("properties")?, "events.properties")?,
-        },
-        message_id: row.try_get("message_id")?,
-        processed: row.try_get::<i64, _>("processed")? != 0,
-    })
-}
-
 async fn save_enrollment(
     tx: &mut Transaction<'static, Sqlite>,
     customer: &str,
     ord: usize,
     e: &Enrollment,
 ) -> Result<()> {
-    let ended_at = match e.status {
-        waymark_scheduler::Status::Ended { at, .. } => Some(nanos(at)),
-        waymark_scheduler::Status::Active => None,
-    };
-    sqlx::query(
-        "INSERT INTO enrollments (id, customer, ord, journey, version, key, step, status, wake_at,
-             trigger_data, event_data, variant, control, entered_at, ended_at, sends)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-         ON CONFLICT (id) DO UPDATE SET customer = excluded.customer, ord = excluded.ord,
-             step = excluded.step, status = excluded.status, wake_at = excluded.wake_at,
-             event_data = excluded.event_data, variant = excluded.variant,
-             ended_at = excluded.ended_at, sends = excluded.sends",
-    )
-    .bind(&e.id)
-    .bind(customer)
-    .bind(i64::try_from(ord).unwrap_or(i64::MAX))
-    .bind(&e.journey)
-    .bind(&e.version)
-    .bind(&e.key)
-    .bind(i64::try_from(e.step.0).unwrap_or(i64::MAX))
-    .bind(status_text(e.status))
-    .bind(e.wake.map(nanos))
-    .bind(json_text(&e.trigger))
-    .bind(json_text(&e.event))
-    .bind(&e.variant)
-    .bind(i64::from(e.control))
-    .bind(nanos(e.entered_at))
-    .bind(ended_at)
-    .bind(i64::from(e.sends))
-    .execute(&mut **tx)
-    .await?;
+    tables::save_enrollment(customer, ord, e)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
 async fn save_effect(tx: &mut Transaction<'static, Sqlite>, effect: &Effect) -> Result<()> {
-    let Effect::Message(m) = effect else {
-        return Ok(());
-    };
-    let (outcome, reason) = send_outcome(m.outcome);
-    sqlx::query(
-        "INSERT INTO message_log (idempotency_key, customer, enrollment, journey, step, template,
-             channel, variant, transactional, outcome, reason, at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-         ON CONFLICT (idempotency_key) DO NOTHING",
-    )
-    .bind(&m.idempotency_key)
-    .bind(&m.customer)
-    .bind(&m.enrollment)
-    .bind(&m.journey)
-    .bind(&m.step)
-    .bind(&m.template)
-    .bind(&m.channel)
-    .bind(&m.variant)
-    .bind(i64::from(m.transactional))
-    .bind(outcome)
-    .bind(reason)
-    .bind(nanos(m.at))
-    .execute(&mut **tx)
-    .await?;
-    if let (SendOutcome::Sent, Some(channel)) = (m.outcome, &m.channel) {
-        sqlx::query(
-            "INSERT INTO outbox (idempotency_key, channel, address, content, customer, journey,
-                 step, template, status, attempts, next_attempt_at, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?)
-             ON CONFLICT (idempotency_key) DO NOTHING",
-        )
-        .bind(&m.idempotency_key)
-        .bind(channel)
-        .bind(&m.address)
-        .bind(json_text(&m.content))
-        .bind(&m.customer)
-        .bind(&m.journey)
-        .bind(&m.step)
-        .bind(&m.template)
-        .bind(nanos(m.at))
-        .bind(nanos(m.at))
-        .execute(&mut **tx)
-        .await?;
+    for statement in tables::record_effect(effect) {
+        statement.execute(&mut **tx).await?;
     }
     Ok(())
 }
@@ -278,21 +157,15 @@ impl Store for SqliteStore {
 
     async fn load_customer(&self, id: &str) -> Result<Customer> {
         let id = self.resolve_in(id).await?;
-        let mut state = CustomerState::new(id.clone());
-        let Some(row) = sqlx::query(
+        let Some(profile) = sqlx::query(
             "SELECT traits, segments, enrollment_seq, revision FROM profiles WHERE id = ?",
         )
         .bind(&id)
         .fetch_optional(&self.reader)
         .await?
         else {
-            return Ok(Customer { state, revision: 0 });
+            return Ok(Customer::unstored(id));
         };
-        let profile = &mut state.profile;
-        profile.traits = object(row.try_get("traits")?, "profiles.traits")?;
-        profile.segments = bools(row.try_get("segments")?, "profiles.segments")?;
-        profile.enrollment_seq = count(row.try_get("enrollment_seq")?);
-        let revision: i64 = row.try_get("revision")?;
 
         let events = sqlx::query(
             "SELECT seq, customer, name, at, properties, message_id, processed FROM events
@@ -301,10 +174,6 @@ impl Store for SqliteStore {
         .bind(&id)
         .fetch_all(&self.reader)
         .await?;
-        let log = Arc::make_mut(&mut profile.history);
-        for row in &events {
-            log.push(stored_event(row)?.event);
-        }
 
         let sent = sqlx::query(
             "SELECT at, channel FROM message_log
@@ -313,19 +182,11 @@ impl Store for SqliteStore {
         .bind(&id)
         .fetch_all(&self.reader)
         .await?;
-        for row in &sent {
-            profile.messages.push(SentMessage {
-                at: instant(row.try_get("at")?),
-                channel: row.try_get("channel")?,
-            });
-        }
-
-        let rows = sqlx::query("SELECT * FROM enrollments WHERE customer = ? ORDER BY ord")
+        let enrollments = sqlx::query("SELECT * FROM enrollments WHERE customer = ? ORDER BY ord")
             .bind(&id)
             .fetch_all(&self.reader)
             .await?;
-        state.enrollments = rows.iter().map(enrollment).collect::<Result<_>>()?;
-        Ok(Customer { state, revision })
+        tables::customer(id, &profile, &events, &sent, &enrollments)
     }
 
     async fn commit(&self, commit: Commit<'_>) -> Result<()> {
@@ -442,18 +303,14 @@ impl Store for SqliteStore {
                 return Ok(Ingested::Duplicate);
             }
         }
-        let seq: i64 = sqlx::query_scalar(
+        let insert = sqlx::query(
             "INSERT INTO events (customer, name, at, properties, message_id, received_at)
              VALUES (?, ?, ?, ?, ?, ?) RETURNING seq",
-        )
-        .bind(&event.customer)
-        .bind(&event.name)
-        .bind(nanos(event.at))
-        .bind(json_text(&event.properties))
-        .bind(&event.message_id)
-        .bind(nanos(now))
-        .fetch_one(&mut *tx)
-        .await?;
+        );
+        let seq: i64 = tables::bind_event(insert, event, nanos(now))
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("seq")?;
         tx.commit().await?;
         Ok(Ingested::Accepted(seq))
     }
@@ -467,7 +324,7 @@ impl Store for SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&self.reader)
         .await?;
-        rows.iter().map(stored_event).collect()
+        rows.iter().map(tables::stored_event).collect()
     }
 
     async fn recent_events(&self, customer: &str, limit: u32) -> Result<Vec<StoredEvent>> {
@@ -480,7 +337,7 @@ impl Store for SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&self.reader)
         .await?;
-        rows.iter().map(stored_event).collect()
+        rows.iter().map(tables::stored_event).collect()
     }
 
     async fn due_timers(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<DueTimer>> {
@@ -493,15 +350,7 @@ impl Store for SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&self.reader)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(DueTimer {
-                    customer: row.try_get("customer")?,
-                    enrollment: row.try_get("id")?,
-                    at: instant(row.try_get("wake_at")?),
-                })
-            })
-            .collect()
+        rows.iter().map(tables::due_timer).collect()
     }
 
     async fn claim_outbox(
@@ -523,25 +372,7 @@ impl Store for SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&self.writer)
         .await?;
-        let mut claimed = rows
-            .iter()
-            .map(|row| {
-                Ok(OutboxMessage {
-                    idempotency_key: row.try_get("idempotency_key")?,
-                    channel: row.try_get("channel")?,
-                    address: row.try_get("address")?,
-                    content: strings(row.try_get("content")?, "outbox.content")?,
-                    customer: row.try_get("customer")?,
-                    journey: row.try_get("journey")?,
-                    step: row.try_get("step")?,
-                    template: row.try_get("template")?,
-                    attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(0),
-                    created_at: instant(row.try_get("created_at")?),
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        claimed.sort_by_key(|m| m.created_at);
-        Ok(claimed)
+        tables::claimed(&rows)
     }
 
     async fn outbox_sent(
@@ -613,24 +444,7 @@ impl Store for SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&self.reader)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(LoggedMessage {
-                    idempotency_key: row.try_get("idempotency_key")?,
-                    enrollment: row.try_get("enrollment")?,
-                    journey: row.try_get("journey")?,
-                    step: row.try_get("step")?,
-                    template: row.try_get("template")?,
-                    channel: row.try_get("channel")?,
-                    variant: row.try_get("variant")?,
-                    outcome: row.try_get("outcome")?,
-                    reason: row.try_get("reason")?,
-                    at: instant(row.try_get("at")?),
-                    delivery: row.try_get("delivery")?,
-                    provider_id: row.try_get("provider_id")?,
-                })
-            })
-            .collect()
+        rows.iter().map(tables::logged_message).collect()
     }
 
     async fn find_sent_message(
@@ -663,15 +477,7 @@ impl Store for SqliteStore {
             }
             (None, None) => None,
         };
-        row.map(|row| {
-            Ok(SentRef {
-                idempotency_key: row.try_get("idempotency_key")?,
-                customer: row.try_get("customer")?,
-                journey: row.try_get("journey")?,
-                step: row.try_get("step")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(tables::sent_ref).transpose()
     }
 
     async fn setting_or_insert(&self, name: &str, value: &str) -> Result<String> {
@@ -740,7 +546,6 @@ impl Store for SqliteStore {
     }
 
     async fn journey_counts(&self, journey: &str) -> Result<JourneyCounts> {
-        let mut counts = JourneyCounts::default();
         let rows = sqlx::query(
             "SELECT version, step, status, variant, COUNT(*) AS n FROM enrollments
              WHERE journey = ? GROUP BY version, step, status, variant",
@@ -748,23 +553,7 @@ impl Store for SqliteStore {
         .bind(journey)
         .fetch_all(&self.reader)
         .await?;
-        for row in &rows {
-            let n = count(row.try_get("n")?);
-            let status: String = row.try_get("status")?;
-            if status == "active" {
-                let step = usize::try_from(row.try_get::<i64, _>("step")?).unwrap_or(0);
-                *counts
-                    .active
-                    .entry((row.try_get("version")?, step))
-                    .or_default() += n;
-            } else {
-                *counts.outcomes.entry(status.clone()).or_default() += n;
-            }
-            if let Some(variant) = row.try_get::<Option<String>, _>("variant")? {
-                *counts.variants.entry((variant, status)).or_default() += n;
-            }
-        }
-        Ok(counts)
+        tables::journey_counts(&rows)
     }
 
     async fn customer_ids(&self, after: &str, limit: u32) -> Result<Vec<String>> {
@@ -814,10 +603,6 @@ impl Store for SqliteStore {
         )
         .fetch_one(&self.reader)
         .await?;
-        Ok(Depths {
-            outbox_pending: count(row.try_get("outbox")?),
-            inbox: count(row.try_get("inbox")?),
-            active_enrollments: count(row.try_get("active")?),
-        })
+        tables::depths(&row)
     }
 }

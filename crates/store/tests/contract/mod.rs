@@ -1,0 +1,513 @@
+//! The store contract, written once and run against every backend: each test body takes
+//! a [`Fixture`] on a fresh, empty store, with the real engine producing the states and
+//! effects that get committed. [`suite!`] turns the bodies into one `#[tokio::test]` each
+//! for the backend a test file names.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeDelta, TimeZone, Utc};
+use serde_json::{Map, Value, json};
+use waymark_journey::Policy;
+use waymark_scheduler::{ConventionalChannels, Effect, Engine, Event, SendOutcome};
+use waymark_store::{Commit, Customer, Error, Ingested, NewEvent, Store};
+
+/// One `#[tokio::test]` per contract test, for the backend that `$run` opens: `$run`
+/// takes a test body, hands it a [`Fixture`] on a fresh store and cleans up afterwards.
+macro_rules! suite {
+    ($run:path) => {
+        $crate::contract::suite!($run:
+            a_repeated_message_id_is_ignored_for_seven_days,
+            a_committed_step_round_trips_with_its_outbox_row_and_timer,
+            a_timer_fires_from_the_reloaded_state_and_clears_itself,
+            a_stale_state_is_refused_and_an_event_is_handled_once,
+            an_alias_redirects_the_old_id_and_joins_its_history,
+            the_outbox_leases_retries_and_records_failures,
+            journey_versions_counts_and_schedule_ticks_are_kept,
+            a_receipt_finds_its_message_by_provider_id_or_address,
+            a_setting_keeps_its_first_value,
+        );
+    };
+    ($run:path: $($test:ident),+ $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $test() {
+                $run(contract::$test).await;
+            }
+        )+
+    };
+}
+pub(crate) use suite;
+
+const WELCOME: &str = "
+id: welcome
+trigger:
+  event: signed_up
+steps:
+  hello:
+    send: email
+    template: hello
+    next: pause
+  pause:
+    wait: 1h
+    next: again
+  again:
+    send: email
+    template: hello
+";
+
+const HELLO: &str = "
+email:
+  subject: \"Hello {{ profile.first_name | default: 'there' }}\"
+  text: \"Welcome aboard\"
+";
+
+fn engine(dir: &Path) -> Engine {
+    std::fs::create_dir_all(dir.join("templates")).unwrap();
+    std::fs::write(dir.join("welcome.yaml"), WELCOME).unwrap();
+    std::fs::write(dir.join("templates/hello.yaml"), HELLO).unwrap();
+    let (workspace, _) = waymark_journey::load(dir).expect("the test workspace is valid");
+    Engine::new(workspace, Policy::default(), Arc::new(ConventionalChannels))
+}
+
+pub fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2025, 3, 1, 12, 0, 0).unwrap()
+}
+
+fn props(value: Value) -> Map<String, Value> {
+    value.as_object().cloned().unwrap_or_default()
+}
+
+pub fn new_event(customer: &str, name: &str, message_id: Option<&str>) -> NewEvent {
+    NewEvent {
+        customer: customer.to_owned(),
+        name: name.to_owned(),
+        at: t0(),
+        properties: props(json!({"plan": "pro"})),
+        message_id: message_id.map(str::to_owned),
+    }
+}
+
+/// A store under test and an engine on a small journey (a welcome email, an hour's wait,
+/// a second email).
+pub struct Fixture {
+    pub store: Arc<dyn Store>,
+    pub engine: Engine,
+    _journeys: tempfile::TempDir,
+}
+
+impl Fixture {
+    pub fn new(store: Arc<dyn Store>) -> Fixture {
+        let journeys = tempfile::tempdir().unwrap();
+        let engine = engine(journeys.path());
+        Fixture {
+            store,
+            engine,
+            _journeys: journeys,
+        }
+    }
+}
+
+/// Gives `id` an email address, committed.
+pub async fn identify(f: &Fixture, id: &str) {
+    let mut customer = f.store.load_customer(id).await.unwrap();
+    let traits = props(json!({"email": format!("{id}@example.com"), "first_name": "Ann"}));
+    let effects = f.engine.on_identify(&mut customer.state, &traits, t0());
+    f.store
+        .commit(Commit {
+            state: &customer.state,
+            revision: customer.revision,
+            effects: &effects,
+            event: None,
+            merged: None,
+            now: t0(),
+        })
+        .await
+        .unwrap();
+}
+
+/// Ingests and handles one event, as the daemon does.
+pub async fn track(f: &Fixture, id: &str, name: &str, now: DateTime<Utc>) -> Vec<Effect> {
+    let Ingested::Accepted(seq) = f
+        .store
+        .ingest_event(&new_event(id, name, None), now)
+        .await
+        .unwrap()
+    else {
+        panic!("no message id, no duplicate")
+    };
+    let mut customer = f.store.load_customer(id).await.unwrap();
+    let event = Event {
+        name: name.to_owned(),
+        at: t0(),
+        properties: props(json!({"plan": "pro"})),
+    };
+    let effects = f.engine.on_event(&mut customer.state, &event, now);
+    f.store
+        .commit(Commit {
+            state: &customer.state,
+            revision: customer.revision,
+            effects: &effects,
+            event: Some(seq),
+            merged: None,
+            now,
+        })
+        .await
+        .unwrap();
+    effects
+}
+
+pub async fn a_repeated_message_id_is_ignored_for_seven_days(f: Fixture) {
+    let first = f
+        .store
+        .ingest_event(&new_event("ann", "visit", Some("m-1")), t0())
+        .await
+        .unwrap();
+    assert!(matches!(first, Ingested::Accepted(_)));
+    let again = f
+        .store
+        .ingest_event(
+            &new_event("ann", "visit", Some("m-1")),
+            t0() + TimeDelta::days(6),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, Ingested::Duplicate);
+    let other = f
+        .store
+        .ingest_event(&new_event("ann", "visit", Some("m-2")), t0())
+        .await
+        .unwrap();
+    assert!(matches!(other, Ingested::Accepted(_)));
+    let later = f
+        .store
+        .ingest_event(
+            &new_event("ann", "visit", Some("m-1")),
+            t0() + TimeDelta::days(8),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(later, Ingested::Accepted(_)));
+    assert_eq!(f.store.inbox(0, 10).await.unwrap().len(), 3);
+    assert_eq!(f.store.prune(t0() + TimeDelta::days(8)).await.unwrap(), 1);
+}
+
+pub async fn a_committed_step_round_trips_with_its_outbox_row_and_timer(f: Fixture) {
+    identify(&f, "ann").await;
+    let effects = track(&f, "ann", "signed_up", t0()).await;
+    assert!(effects.iter().any(|e| matches!(
+        e,
+        Effect::Message(m) if m.outcome == SendOutcome::Sent
+    )));
+    assert!(f.store.inbox(0, 10).await.unwrap().is_empty());
+
+    let loaded = f.store.load_customer("ann").await.unwrap();
+    assert_eq!(loaded.revision, 2);
+    assert_eq!(loaded.state.profile.history.len(), 1);
+    assert_eq!(loaded.state.profile.messages.len(), 1);
+    assert_eq!(loaded.state.profile.enrollment_seq, 1);
+    assert_eq!(loaded.state.enrollments.len(), 1);
+    let enrollment = &loaded.state.enrollments[0];
+    assert_eq!(enrollment.wake, Some(t0() + TimeDelta::hours(1)));
+    assert_eq!(enrollment.trigger, props(json!({"plan": "pro"})));
+
+    assert!(f.store.due_timers(t0(), 10).await.unwrap().is_empty());
+    let due = f
+        .store
+        .due_timers(t0() + TimeDelta::hours(1), 10)
+        .await
+        .unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].customer, "ann");
+    assert_eq!(due[0].enrollment, enrollment.id);
+
+    let claimed = f
+        .store
+        .claim_outbox(t0(), TimeDelta::minutes(1), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].address.as_deref(), Some("ann@example.com"));
+    assert_eq!(claimed[0].content["subject"], "Hello Ann");
+    assert_eq!(claimed[0].attempts, 1);
+
+    let messages = f.store.recent_messages("ann", 10).await.unwrap();
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0].outcome, "sent");
+    assert_eq!(messages[0].delivery.as_deref(), Some("pending"));
+}
+
+pub async fn a_timer_fires_from_the_reloaded_state_and_clears_itself(f: Fixture) {
+    identify(&f, "ann").await;
+    track(&f, "ann", "signed_up", t0()).await;
+    let at = t0() + TimeDelta::hours(1);
+    let due = f.store.due_timers(at, 10).await.unwrap();
+    let mut customer = f.store.load_customer(&due[0].customer).await.unwrap();
+    let effects = f
+        .engine
+        .on_timer(&mut customer.state, &due[0].enrollment, at);
+    assert!(effects.iter().any(|e| matches!(e, Effect::Ended { .. })));
+    f.store
+        .commit(Commit {
+            state: &customer.state,
+            revision: customer.revision,
+            effects: &effects,
+            event: None,
+            merged: None,
+            now: at,
+        })
+        .await
+        .unwrap();
+    assert!(f.store.due_timers(at, 10).await.unwrap().is_empty());
+    let reloaded = f.store.load_customer("ann").await.unwrap();
+    assert_eq!(reloaded.state.enrollments, customer.state.enrollments);
+    assert_eq!(reloaded.state.profile.messages.len(), 2);
+    let depths = f.store.depths().await.unwrap();
+    assert_eq!((depths.outbox_pending, depths.active_enrollments), (2, 0));
+}
+
+/// A commit of `c` as loaded, with no effects.
+pub fn commit(c: &Customer) -> Commit<'_> {
+    Commit {
+        state: &c.state,
+        revision: c.revision,
+        effects: &[],
+        event: None,
+        merged: None,
+        now: t0(),
+    }
+}
+
+pub async fn a_stale_state_is_refused_and_an_event_is_handled_once(f: Fixture) {
+    identify(&f, "ann").await;
+    let first = f.store.load_customer("ann").await.unwrap();
+    let second = f.store.load_customer("ann").await.unwrap();
+    f.store.commit(commit(&first)).await.unwrap();
+    assert!(matches!(
+        f.store.commit(commit(&second)).await,
+        Err(Error::Conflict(id)) if id == "ann"
+    ));
+
+    // Two writers creating the same new customer: the second is refused too.
+    let a = f.store.load_customer("bob").await.unwrap();
+    let b = f.store.load_customer("bob").await.unwrap();
+    f.store.commit(commit(&a)).await.unwrap();
+    assert!(matches!(
+        f.store.commit(commit(&b)).await,
+        Err(Error::Conflict(_))
+    ));
+
+    let Ingested::Accepted(seq) = f
+        .store
+        .ingest_event(&new_event("ann", "visit", None), t0())
+        .await
+        .unwrap()
+    else {
+        unreachable!()
+    };
+    let c = f.store.load_customer("ann").await.unwrap();
+    let with_event = Commit {
+        event: Some(seq),
+        ..commit(&c)
+    };
+    f.store.commit(with_event).await.unwrap();
+    let c = f.store.load_customer("ann").await.unwrap();
+    assert!(matches!(
+        f.store
+            .commit(Commit {
+                event: Some(seq),
+                ..commit(&c)
+            })
+            .await,
+        Err(Error::Handled(s)) if s == seq
+    ));
+}
+
+pub async fn an_alias_redirects_the_old_id_and_joins_its_history(f: Fixture) {
+    track(&f, "anon-1", "visit", t0()).await;
+    identify(&f, "ann").await;
+    let mut user = f.store.load_customer("ann").await.unwrap();
+    let other = f.store.load_customer("anon-1").await.unwrap();
+    let effects = f.engine.merge(&mut user.state, other.state, t0());
+    f.store
+        .commit(Commit {
+            state: &user.state,
+            revision: user.revision,
+            effects: &effects,
+            event: None,
+            merged: Some(("anon-1", other.revision)),
+            now: t0(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(f.store.resolve("anon-1").await.unwrap(), "ann");
+    let merged = f.store.load_customer("anon-1").await.unwrap();
+    assert_eq!(merged.state.profile.id, "ann");
+    assert_eq!(merged.state.profile.history.len(), 1);
+    assert_eq!(
+        f.store.customer_ids("", 10).await.unwrap(),
+        vec!["ann".to_owned()]
+    );
+    // Later events addressed to the old id are handled on the merged profile.
+    track(&f, "anon-1", "visit", t0()).await;
+    let merged = f.store.load_customer("ann").await.unwrap();
+    assert_eq!(merged.state.profile.history.len(), 2);
+    assert_eq!(f.store.recent_events("anon-1", 10).await.unwrap().len(), 2);
+}
+
+pub async fn the_outbox_leases_retries_and_records_failures(f: Fixture) {
+    identify(&f, "ann").await;
+    track(&f, "ann", "signed_up", t0()).await;
+    let lease = TimeDelta::minutes(1);
+    let claimed = f.store.claim_outbox(t0(), lease, 10).await.unwrap();
+    let key = claimed[0].idempotency_key.clone();
+    // Claimed: nobody else gets it until the lease runs out.
+    assert!(
+        f.store
+            .claim_outbox(t0(), lease, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let after_lease = t0() + lease;
+    let again = f.store.claim_outbox(after_lease, lease, 10).await.unwrap();
+    assert_eq!(again[0].attempts, 2);
+
+    let retry_at = after_lease + TimeDelta::seconds(30);
+    f.store
+        .outbox_retry(&key, "HTTP 503", retry_at)
+        .await
+        .unwrap();
+    assert!(
+        f.store
+            .claim_outbox(after_lease + TimeDelta::seconds(10), lease, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        f.store
+            .claim_outbox(retry_at, lease, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    f.store
+        .outbox_failed(&key, "HTTP 400: bad address", retry_at)
+        .await
+        .unwrap();
+    let messages = f.store.recent_messages("ann", 10).await.unwrap();
+    assert_eq!(messages[0].outcome, "failed");
+    assert_eq!(messages[0].reason.as_deref(), Some("HTTP 400: bad address"));
+    assert_eq!(messages[0].delivery.as_deref(), Some("failed"));
+    // A failed message does not count against frequency caps.
+    let ann = f.store.load_customer("ann").await.unwrap();
+    assert!(ann.state.profile.messages.is_empty());
+    assert_eq!(f.store.depths().await.unwrap().outbox_pending, 0);
+}
+
+pub async fn journey_versions_counts_and_schedule_ticks_are_kept(f: Fixture) {
+    identify(&f, "ann").await;
+    track(&f, "ann", "signed_up", t0()).await;
+    let version = f
+        .store
+        .load_customer("ann")
+        .await
+        .unwrap()
+        .state
+        .enrollments[0]
+        .version
+        .clone();
+
+    let mut files = BTreeMap::new();
+    files.insert("welcome.yaml".to_owned(), WELCOME.to_owned());
+    for _ in 0..2 {
+        f.store
+            .record_journey_version("welcome", &version, &files, t0())
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        f.store
+            .journey_version_files("welcome", &version)
+            .await
+            .unwrap(),
+        Some(files)
+    );
+    assert_eq!(
+        f.store
+            .journey_version_files("welcome", "v0")
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        f.store.active_versions().await.unwrap(),
+        vec![("welcome".to_owned(), version.clone())]
+    );
+    let counts = f.store.journey_counts("welcome").await.unwrap();
+    // Waiting at `pause`, the second step.
+    assert_eq!(counts.active, BTreeMap::from([((version, 1), 1)]));
+    assert!(counts.outcomes.is_empty());
+
+    assert_eq!(f.store.schedule_tick("digest").await.unwrap(), None);
+    f.store.set_schedule_tick("digest", t0()).await.unwrap();
+    let next = t0() + TimeDelta::days(1);
+    f.store.set_schedule_tick("digest", next).await.unwrap();
+    assert_eq!(f.store.schedule_tick("digest").await.unwrap(), Some(next));
+}
+
+pub async fn a_receipt_finds_its_message_by_provider_id_or_address(f: Fixture) {
+    identify(&f, "ann").await;
+    track(&f, "ann", "signed_up", t0()).await;
+    let claimed = f
+        .store
+        .claim_outbox(t0(), TimeDelta::minutes(1), 10)
+        .await
+        .unwrap();
+    let key = claimed[0].idempotency_key.clone();
+    let by_address = || {
+        f.store
+            .find_sent_message("email", None, Some("ann@example.com"))
+    };
+    // Not delivered yet: a receipt naming only the address has nothing to match.
+    assert_eq!(by_address().await.unwrap(), None);
+    f.store
+        .outbox_sent(&key, Some("prov-1"), t0())
+        .await
+        .unwrap();
+
+    let found = f
+        .store
+        .find_sent_message("email", Some("prov-1"), None)
+        .await
+        .unwrap()
+        .expect("found by the provider's id");
+    assert_eq!(found.idempotency_key, key);
+    assert_eq!(found.customer, "ann");
+    assert_eq!(found.journey, "welcome");
+    assert_eq!(found.step, "hello");
+    assert_eq!(by_address().await.unwrap(), Some(found));
+    // Another channel's ids are another namespace.
+    assert_eq!(
+        f.store
+            .find_sent_message("sms", Some("prov-1"), None)
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+pub async fn a_setting_keeps_its_first_value(f: Fixture) {
+    assert_eq!(
+        f.store.setting_or_insert("link_secret", "a").await.unwrap(),
+        "a"
+    );
+    assert_eq!(
+        f.store.setting_or_insert("link_secret", "b").await.unwrap(),
+        "a"
+    );
+    assert_eq!(f.store.setting_or_insert("other", "b").await.unwrap(), "b");
+}
