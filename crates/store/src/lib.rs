@@ -3,7 +3,8 @@
 //! [`Store`] is the one storage contract the daemon runs on (restate's api/impl split):
 //! customers' state and the engine's effects committed together, the event inbox, the
 //! timer (wake) index and the outbox. Each backend lives in its own module with its own
-//! migrations and SQL; [`sqlite::SqliteStore`] is the embedded default.
+//! migrations and SQL; [`sqlite::SqliteStore`] is the embedded default, and
+//! [`postgres::PostgresStore`] the database many daemons share.
 //!
 //! The engine ([`waymark_scheduler::Engine`]) never sees the store: the daemon loads a
 //! [`Customer`], hands its state to the engine with an input, and [`Store::commit`]s the
@@ -19,11 +20,13 @@ use sqlx::SqlStr;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use waymark_scheduler::{CustomerState, Effect, Event};
 
+pub mod postgres;
 pub mod sqlite;
 
 mod codec;
 mod tables;
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// How long a `messageId` is remembered: a repeat within this window is acknowledged and
