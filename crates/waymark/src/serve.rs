@@ -10,7 +10,7 @@ use chrono::TimeDelta;
 use tokio::sync::watch;
 use waymark_channel::Registry;
 use waymark_scheduler::{ChannelDirectory, Engine, SystemClock};
-use waymark_store::{SqliteStore, Store};
+use waymark_store::{PostgresStore, SqliteStore, Store};
 
 use crate::channels::Channels;
 use crate::config::{Config, DEFAULT_CONFIG};
@@ -51,7 +51,8 @@ fn init_tracing() {
         .try_init();
 }
 
-/// Opens the database a `database:` URL names, creating a SQLite file's directory.
+/// Opens the database a `database:` URL names: a SQLite file (its directory created), or
+/// a PostgreSQL database (`postgres://` or `postgresql://`) that replicas may share.
 ///
 /// # Errors
 /// An unsupported URL, or one that cannot be opened.
@@ -63,7 +64,16 @@ pub async fn open_store(url: &str) -> anyhow::Result<Arc<dyn Store>> {
             .with_context(|| format!("`database`: {url}"))?;
         return Ok(store.shared());
     }
-    bail!("`database`: `{url}`: only sqlite:// is supported by this build; PostgreSQL is planned")
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let store = PostgresStore::open(url)
+            .await
+            .with_context(|| format!("`database`: {}", redact(url)))?;
+        return Ok(store.shared());
+    }
+    bail!(
+        "`database`: `{}` is neither sqlite://PATH nor postgres://USER@HOST/DB",
+        redact(url)
+    )
 }
 
 /// The file a `sqlite://` URL's remainder names, its directory created.
