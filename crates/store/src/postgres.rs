@@ -130,56 +130,18 @@ impl PostgresStore {
         Arc::new(self)
     }
 
+    /// One commit in one transaction. A refusal rolls back at once: left to the dropped
+    /// transaction, the rollback would wait for the connection's next use, and the row
+    /// locks taken so far would stall other daemons meanwhile.
     async fn save(&self, commit: Commit<'_>) -> Result<()> {
-        let profile = &commit.state.profile;
         let mut tx = self.pool.begin().await?;
-        if let Some(seq) = commit.event {
-            let consumed = sqlx::query(
-                "UPDATE events SET processed = TRUE, customer = $1 WHERE seq = $2 AND NOT processed",
-            )
-            .bind(&profile.id)
-            .bind(seq)
-            .execute(&mut *tx)
-            .await?;
-            if consumed.rows_affected() == 0 {
-                return Err(Error::Handled(seq));
+        match write_commit(&mut tx, commit).await {
+            Ok(()) => Ok(tx.commit().await?),
+            Err(refused) => {
+                tx.rollback().await?;
+                Err(refused)
             }
         }
-        let now = nanos(commit.now);
-        // Existing rows have revision >= 1, so a new customer's commit (revision 0) that
-        // finds the row already there updates nothing, like a stale one.
-        let saved = sqlx::query(
-            "INSERT INTO profiles (id, traits, segments, enrollment_seq, revision, updated_at)
-             VALUES ($1, $4, $5, $6, 1, $3)
-             ON CONFLICT (id) DO UPDATE SET traits = EXCLUDED.traits,
-                 segments = EXCLUDED.segments, enrollment_seq = EXCLUDED.enrollment_seq,
-                 revision = profiles.revision + 1, updated_at = EXCLUDED.updated_at
-             WHERE profiles.revision = $2 AND profiles.merged_into IS NULL",
-        )
-        .bind(&profile.id)
-        .bind(commit.revision)
-        .bind(now)
-        .bind(json_text(&profile.traits))
-        .bind(json_text(&profile.segments))
-        .bind(i64::try_from(profile.enrollment_seq).unwrap_or(i64::MAX))
-        .execute(&mut *tx)
-        .await?;
-        if saved.rows_affected() == 0 {
-            return Err(Error::Conflict(profile.id.clone()));
-        }
-        if let Some((other, revision)) = commit.merged {
-            merge(&mut tx, other, revision, &profile.id, now).await?;
-        }
-        for (ord, e) in commit.state.enrollments.iter().enumerate() {
-            tables::save_enrollment(&profile.id, ord, e)
-                .execute(&mut *tx)
-                .await?;
-        }
-        for statement in commit.effects.iter().flat_map(tables::record_effect) {
-            statement.execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(())
     }
 }
 
@@ -259,6 +221,57 @@ fn contention_as_conflict(e: Error, customer: &str) -> Error {
         }
         _ => e,
     }
+}
+
+/// The rows of one commit, written into `tx`; see [`Store::commit`].
+async fn write_commit(tx: &mut Transaction<'static, Postgres>, commit: Commit<'_>) -> Result<()> {
+    let profile = &commit.state.profile;
+    if let Some(seq) = commit.event {
+        let consumed = sqlx::query(
+            "UPDATE events SET processed = TRUE, customer = $1 WHERE seq = $2 AND NOT processed",
+        )
+        .bind(&profile.id)
+        .bind(seq)
+        .execute(&mut **tx)
+        .await?;
+        if consumed.rows_affected() == 0 {
+            return Err(Error::Handled(seq));
+        }
+    }
+    let now = nanos(commit.now);
+    // Existing rows have revision >= 1, so a new customer's commit (revision 0) that
+    // finds the row already there updates nothing, like a stale one.
+    let saved = sqlx::query(
+        "INSERT INTO profiles (id, traits, segments, enrollment_seq, revision, updated_at)
+             VALUES ($1, $4, $5, $6, 1, $3)
+             ON CONFLICT (id) DO UPDATE SET traits = EXCLUDED.traits,
+                 segments = EXCLUDED.segments, enrollment_seq = EXCLUDED.enrollment_seq,
+                 revision = profiles.revision + 1, updated_at = EXCLUDED.updated_at
+             WHERE profiles.revision = $2 AND profiles.merged_into IS NULL",
+    )
+    .bind(&profile.id)
+    .bind(commit.revision)
+    .bind(now)
+    .bind(json_text(&profile.traits))
+    .bind(json_text(&profile.segments))
+    .bind(i64::try_from(profile.enrollment_seq).unwrap_or(i64::MAX))
+    .execute(&mut **tx)
+    .await?;
+    if saved.rows_affected() == 0 {
+        return Err(Error::Conflict(profile.id.clone()));
+    }
+    if let Some((other, revision)) = commit.merged {
+        merge(tx, other, revision, &profile.id, now).await?;
+    }
+    for (ord, e) in commit.state.enrollments.iter().enumerate() {
+        tables::save_enrollment(&profile.id, ord, e)
+            .execute(&mut **tx)
+            .await?;
+    }
+    for statement in commit.effects.iter().flat_map(tables::record_effect) {
+        statement.execute(&mut **tx).await?;
+    }
+    Ok(())
 }
 
 #[async_trait]
