@@ -86,6 +86,16 @@ impl Reply {
         }
     }
 
+    /// A plain-text answer, as providers such as Slack's webhooks give.
+    pub fn text(status: u16, body: &str) -> Reply {
+        Reply {
+            status,
+            headers: vec![("content-type".to_owned(), "text/plain".to_owned())],
+            body: body.to_owned(),
+            delay: Duration::ZERO,
+        }
+    }
+
     #[must_use]
     pub fn with_header(mut self, name: &str, value: &str) -> Reply {
         self.headers.push((name.to_owned(), value.to_owned()));

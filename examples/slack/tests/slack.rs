@@ -21,11 +21,7 @@ fn ok() -> Reply {
 
 /// Slack answers in plain text: `ok`, or the error's name.
 fn slack_says(status: u16, body: &str) -> Reply {
-    Reply {
-        status,
-        headers: vec![("content-type".to_owned(), "text/html".to_owned())],
-        body: body.to_owned(),
-    }
+    Reply::text(status, body)
 }
 
 fn channel(server: &MockServer) -> Arc<dyn Channel> {
