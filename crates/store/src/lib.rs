@@ -196,11 +196,47 @@ pub trait Store: Send + Sync + 'static {
     /// (revision 0) when unknown.
     async fn load_customer(&self, id: &str) -> Result<Customer>;
 
+    /// [`Store::load_customer`] for many ids at once, one result per id in order. A
+    /// backend reads them with a few statements for the whole batch; the default loads
+    /// them one by one.
+    async fn load_many(&self, ids: &[String]) -> Vec<Result<Customer>> {
+        let mut customers = Vec::with_capacity(ids.len());
+        for id in ids {
+            customers.push(self.load_customer(id).await);
+        }
+        customers
+    }
+
     /// Persists the outcome of one input. See the contract.
     async fn commit(&self, commit: Commit<'_>) -> Result<()>;
 
+    /// Persists many inputs' outcomes (group commit): one result per commit, in order,
+    /// each as [`Store::commit`] would give it had the commits been made one after the
+    /// other. A refused commit leaves the others standing. A backend writes them in one
+    /// transaction, so that a thousand customers' steps cost one durable write instead of
+    /// a thousand; the default commits them one by one.
+    async fn commit_many(&self, commits: &[Commit<'_>]) -> Vec<Result<()>> {
+        let mut results = Vec::with_capacity(commits.len());
+        for commit in commits {
+            results.push(self.commit(*commit).await);
+        }
+        results
+    }
+
     /// Accepts an event into the inbox, or recognises its `messageId` as a duplicate.
     async fn ingest_event(&self, event: &NewEvent, now: DateTime<Utc>) -> Result<Ingested>;
+
+    /// Accepts many events (group commit), one result per event in order, as
+    /// [`Store::ingest_event`] one after the other would (a repeated `messageId` within
+    /// the batch is a duplicate too). Every event is durable when this returns. The
+    /// default ingests them one by one.
+    async fn ingest_many(&self, events: &[NewEvent], now: DateTime<Utc>) -> Vec<Result<Ingested>> {
+        let mut results = Vec::with_capacity(events.len());
+        for event in events {
+            results.push(self.ingest_event(event, now).await);
+        }
+        results
+    }
 
     /// Accepted events not yet handled, oldest first, after sequence number `after`.
     async fn inbox(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>>;
@@ -211,6 +247,21 @@ pub trait Store: Send + Sync + 'static {
     /// Enrollment timers due at or before `now`, earliest first.
     async fn due_timers(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<DueTimer>>;
 
+    /// Due timers in `(at, enrollment)` order, after `after` (the last one of the previous
+    /// batch): the timer loop walks the wake index in batches without reading again the
+    /// ones it has in hand, even when a million timers share one wake time. The default
+    /// ignores `after` and starts from the earliest, which is correct (the loop skips the
+    /// timers it has in hand) but reads them again.
+    async fn due_timers_after(
+        &self,
+        now: DateTime<Utc>,
+        after: Option<&DueTimer>,
+        limit: u32,
+    ) -> Result<Vec<DueTimer>> {
+        let _ = after;
+        self.due_timers(now, limit).await
+    }
+
     /// Claims up to `limit` outbox rows due at `now`; each stays claimed for `lease`, after
     /// which an unfinished claim may be taken again.
     async fn claim_outbox(
@@ -220,6 +271,21 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<OutboxMessage>>;
 
+    /// Like [`Store::claim_outbox`], leaving alone the rows on the `busy` channels (those
+    /// already delivering as much as they may at once), so that one slow provider cannot
+    /// fill the dispatcher with messages it is not ready for. The default claims from
+    /// every channel.
+    async fn claim_outbox_except(
+        &self,
+        now: DateTime<Utc>,
+        lease: chrono::TimeDelta,
+        limit: u32,
+        busy: &[String],
+    ) -> Result<Vec<OutboxMessage>> {
+        let _ = busy;
+        self.claim_outbox(now, lease, limit).await
+    }
+
     /// The provider accepted the message.
     async fn outbox_sent(
         &self,
@@ -227,6 +293,19 @@ pub trait Store: Send + Sync + 'static {
         provider_id: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<()>;
+
+    /// [`Store::outbox_sent`] for many messages: `(idempotency key, provider id)`. A
+    /// backend writes them in one statement; the default one by one.
+    async fn outbox_sent_many(
+        &self,
+        sent: &[(&str, Option<&str>)],
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        for (key, provider_id) in sent {
+            self.outbox_sent(key, *provider_id, now).await?;
+        }
+        Ok(())
+    }
 
     /// Delivery failed for now; try again at `next_attempt_at`.
     async fn outbox_retry(

@@ -17,12 +17,14 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Row, SqlStr, Sqlite, Transaction};
+use sqlx::{Row, SqlStr};
 use waymark_journey::StepIdx;
-use waymark_scheduler::{CustomerState, Effect, Enrollment, Event, SendOutcome, SentMessage};
+use waymark_scheduler::{
+    CustomerState, Effect, Enrollment, Event, Profile, SendOutcome, SentMessage,
+};
 
 use crate::codec::{
     bools, count, instant, json_text, nanos, object, send_outcome, status, status_text, strings,
@@ -31,6 +33,8 @@ use crate::{
     Commit, Customer, DEDUP_WINDOW, Depths, DueTimer, Error, Ingested, JourneyCounts,
     LoggedMessage, NewEvent, OutboxMessage, Result, SentRef, Store, StoredEvent,
 };
+
+mod batch;
 
 /// How many alias redirects are followed before the chain is taken for a cycle.
 const MAX_ALIAS_HOPS: usize = 64;
@@ -64,6 +68,11 @@ fn migrator() -> Migrator {
             2,
             "receipts",
             include_str!("../migrations/sqlite/0002_receipts.sql"),
+        ),
+        migration(
+            3,
+            "wake_index",
+            include_str!("../migrations/sqlite/0003_wake_index.sql"),
         ),
     ])
 }
@@ -178,7 +187,7 @@ fn stored_event(row: &SqliteRow) -> Result<StoredEvent> {
 }
 
 async fn save_enrollment(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut SqliteConnection,
     customer: &str,
     ord: usize,
     e: &Enrollment,
@@ -212,12 +221,12 @@ async fn save_enrollment(
     .bind(nanos(e.entered_at))
     .bind(ended_at)
     .bind(i64::from(e.sends))
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(())
 }
 
-async fn save_effect(tx: &mut Transaction<'static, Sqlite>, effect: &Effect) -> Result<()> {
+async fn save_effect(tx: &mut SqliteConnection, effect: &Effect) -> Result<()> {
     let Effect::Message(m) = effect else {
         return Ok(());
     };
@@ -240,7 +249,7 @@ async fn save_effect(tx: &mut Transaction<'static, Sqlite>, effect: &Effect) -> 
     .bind(outcome)
     .bind(reason)
     .bind(nanos(m.at))
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     if let (SendOutcome::Sent, Some(channel)) = (m.outcome, &m.channel) {
         sqlx::query(
@@ -259,10 +268,159 @@ async fn save_effect(tx: &mut Transaction<'static, Sqlite>, effect: &Effect) -> 
         .bind(&m.template)
         .bind(nanos(m.at))
         .bind(nanos(m.at))
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await?;
     }
     Ok(())
+}
+
+/// Fills a profile from a `profiles` row; returns the row's revision.
+fn read_profile(profile: &mut Profile, row: &SqliteRow) -> Result<i64> {
+    profile.traits = object(row.try_get("traits")?, "profiles.traits")?;
+    profile.segments = bools(row.try_get("segments")?, "profiles.segments")?;
+    profile.enrollment_seq = count(row.try_get("enrollment_seq")?);
+    Ok(row.try_get("revision")?)
+}
+
+fn sent_message(row: &SqliteRow) -> Result<SentMessage> {
+    Ok(SentMessage {
+        at: instant(row.try_get("at")?),
+        channel: row.try_get("channel")?,
+    })
+}
+
+/// Writes one commit's rows into `tx`; see [`Store::commit`]. A refusal
+/// ([`Error::Conflict`], [`Error::Handled`]) may come after some of its rows were written:
+/// the caller rolls the transaction back.
+async fn write_commit(tx: &mut SqliteConnection, commit: Commit<'_>) -> Result<()> {
+    let profile = &commit.state.profile;
+    if let Some(seq) = commit.event {
+        let done = sqlx::query(
+            "UPDATE events SET processed = 1, customer = ? WHERE seq = ? AND processed = 0",
+        )
+        .bind(&profile.id)
+        .bind(seq)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(Error::Handled(seq));
+        }
+    }
+    let now = nanos(commit.now);
+    let saved = if commit.revision == 0 {
+        sqlx::query(
+            "INSERT INTO profiles (id, traits, segments, enrollment_seq, revision, updated_at)
+             VALUES (?, ?, ?, ?, 1, ?) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&profile.id)
+        .bind(json_text(&profile.traits))
+        .bind(json_text(&profile.segments))
+        .bind(i64::try_from(profile.enrollment_seq).unwrap_or(i64::MAX))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+    } else {
+        sqlx::query(
+            "UPDATE profiles SET traits = ?, segments = ?, enrollment_seq = ?,
+                 revision = revision + 1, updated_at = ?
+             WHERE id = ? AND revision = ? AND merged_into IS NULL",
+        )
+        .bind(json_text(&profile.traits))
+        .bind(json_text(&profile.segments))
+        .bind(i64::try_from(profile.enrollment_seq).unwrap_or(i64::MAX))
+        .bind(now)
+        .bind(&profile.id)
+        .bind(commit.revision)
+        .execute(&mut *tx)
+        .await?
+    };
+    if saved.rows_affected() == 0 {
+        return Err(Error::Conflict(profile.id.clone()));
+    }
+
+    if let Some((other, revision)) = commit.merged {
+        let redirected = if revision == 0 {
+            sqlx::query(
+                "INSERT INTO profiles (id, merged_into, updated_at) VALUES (?, ?, ?)
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(other)
+            .bind(&profile.id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+        } else {
+            sqlx::query(
+                "UPDATE profiles SET merged_into = ?, revision = revision + 1, updated_at = ?
+                 WHERE id = ? AND revision = ? AND merged_into IS NULL",
+            )
+            .bind(&profile.id)
+            .bind(now)
+            .bind(other)
+            .bind(revision)
+            .execute(&mut *tx)
+            .await?
+        };
+        if redirected.rows_affected() == 0 {
+            return Err(Error::Conflict(other.to_owned()));
+        }
+        // Unhandled inbox events keep their address: they are resolved when handled.
+        for table in [
+            "UPDATE events SET customer = ? WHERE customer = ? AND processed = 1",
+            "UPDATE message_log SET customer = ? WHERE customer = ?",
+            "UPDATE outbox SET customer = ? WHERE customer = ?",
+        ] {
+            sqlx::query(table)
+                .bind(&profile.id)
+                .bind(other)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+
+    for (ord, e) in commit.state.enrollments.iter().enumerate() {
+        save_enrollment(tx, &profile.id, ord, e).await?;
+    }
+    for effect in commit.effects {
+        save_effect(tx, effect).await?;
+    }
+    Ok(())
+}
+
+/// Accepts one event into `tx`; see [`Store::ingest_event`].
+async fn write_event(
+    tx: &mut SqliteConnection,
+    event: &NewEvent,
+    now: DateTime<Utc>,
+) -> Result<Ingested> {
+    if let Some(message_id) = &event.message_id {
+        let fresh = sqlx::query(
+            "INSERT INTO message_ids (message_id, received_at) VALUES (?, ?)
+             ON CONFLICT (message_id) DO UPDATE SET received_at = excluded.received_at
+             WHERE message_ids.received_at < ?",
+        )
+        .bind(message_id)
+        .bind(nanos(now))
+        .bind(nanos(now - DEDUP_WINDOW))
+        .execute(&mut *tx)
+        .await?;
+        if fresh.rows_affected() == 0 {
+            return Ok(Ingested::Duplicate);
+        }
+    }
+    let seq: i64 = sqlx::query_scalar(
+        "INSERT INTO events (customer, name, at, properties, message_id, received_at)
+         VALUES (?, ?, ?, ?, ?, ?) RETURNING seq",
+    )
+    .bind(&event.customer)
+    .bind(&event.name)
+    .bind(nanos(event.at))
+    .bind(json_text(&event.properties))
+    .bind(&event.message_id)
+    .bind(nanos(now))
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok(Ingested::Accepted(seq))
 }
 
 #[async_trait]
@@ -283,11 +441,8 @@ impl Store for SqliteStore {
         else {
             return Ok(Customer { state, revision: 0 });
         };
+        let revision = read_profile(&mut state.profile, &row)?;
         let profile = &mut state.profile;
-        profile.traits = object(row.try_get("traits")?, "profiles.traits")?;
-        profile.segments = bools(row.try_get("segments")?, "profiles.segments")?;
-        profile.enrollment_seq = count(row.try_get("enrollment_seq")?);
-        let revision: i64 = row.try_get("revision")?;
 
         let events = sqlx::query(
             "SELECT seq, customer, name, at, properties, message_id, processed FROM events
@@ -309,10 +464,7 @@ impl Store for SqliteStore {
         .fetch_all(&self.reader)
         .await?;
         for row in &sent {
-            profile.messages.push(SentMessage {
-                at: instant(row.try_get("at")?),
-                channel: row.try_get("channel")?,
-            });
+            profile.messages.push(sent_message(row)?);
         }
 
         let rows = sqlx::query("SELECT * FROM enrollments WHERE customer = ? ORDER BY ord")
@@ -323,134 +475,76 @@ impl Store for SqliteStore {
         Ok(Customer { state, revision })
     }
 
+    async fn load_many(&self, ids: &[String]) -> Vec<Result<Customer>> {
+        match batch::load_many(self, ids).await {
+            Ok(customers) => customers,
+            Err(_) => {
+                let mut customers = Vec::with_capacity(ids.len());
+                for id in ids {
+                    customers.push(self.load_customer(id).await);
+                }
+                customers
+            }
+        }
+    }
+
     async fn commit(&self, commit: Commit<'_>) -> Result<()> {
-        let profile = &commit.state.profile;
         let mut tx = self.writer.begin().await?;
-        if let Some(seq) = commit.event {
-            let done = sqlx::query(
-                "UPDATE events SET processed = 1, customer = ? WHERE seq = ? AND processed = 0",
-            )
-            .bind(&profile.id)
-            .bind(seq)
-            .execute(&mut *tx)
-            .await?;
-            if done.rows_affected() == 0 {
-                return Err(Error::Handled(seq));
-            }
-        }
-        let now = nanos(commit.now);
-        let saved = if commit.revision == 0 {
-            sqlx::query(
-                "INSERT INTO profiles (id, traits, segments, enrollment_seq, revision, updated_at)
-                 VALUES (?, ?, ?, ?, 1, ?) ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(&profile.id)
-            .bind(json_text(&profile.traits))
-            .bind(json_text(&profile.segments))
-            .bind(i64::try_from(profile.enrollment_seq).unwrap_or(i64::MAX))
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-        } else {
-            sqlx::query(
-                "UPDATE profiles SET traits = ?, segments = ?, enrollment_seq = ?,
-                     revision = revision + 1, updated_at = ?
-                 WHERE id = ? AND revision = ? AND merged_into IS NULL",
-            )
-            .bind(json_text(&profile.traits))
-            .bind(json_text(&profile.segments))
-            .bind(i64::try_from(profile.enrollment_seq).unwrap_or(i64::MAX))
-            .bind(now)
-            .bind(&profile.id)
-            .bind(commit.revision)
-            .execute(&mut *tx)
-            .await?
-        };
-        if saved.rows_affected() == 0 {
-            return Err(Error::Conflict(profile.id.clone()));
-        }
-
-        if let Some((other, revision)) = commit.merged {
-            let redirected = if revision == 0 {
-                sqlx::query(
-                    "INSERT INTO profiles (id, merged_into, updated_at) VALUES (?, ?, ?)
-                     ON CONFLICT (id) DO NOTHING",
-                )
-                .bind(other)
-                .bind(&profile.id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?
-            } else {
-                sqlx::query(
-                    "UPDATE profiles SET merged_into = ?, revision = revision + 1, updated_at = ?
-                     WHERE id = ? AND revision = ? AND merged_into IS NULL",
-                )
-                .bind(&profile.id)
-                .bind(now)
-                .bind(other)
-                .bind(revision)
-                .execute(&mut *tx)
-                .await?
-            };
-            if redirected.rows_affected() == 0 {
-                return Err(Error::Conflict(other.to_owned()));
-            }
-            // Unhandled inbox events keep their address: they are resolved when handled.
-            for table in [
-                "UPDATE events SET customer = ? WHERE customer = ? AND processed = 1",
-                "UPDATE message_log SET customer = ? WHERE customer = ?",
-                "UPDATE outbox SET customer = ? WHERE customer = ?",
-            ] {
-                sqlx::query(table)
-                    .bind(&profile.id)
-                    .bind(other)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-        }
-
-        for (ord, e) in commit.state.enrollments.iter().enumerate() {
-            save_enrollment(&mut tx, &profile.id, ord, e).await?;
-        }
-        for effect in commit.effects {
-            save_effect(&mut tx, effect).await?;
-        }
+        write_commit(&mut tx, commit).await?;
         tx.commit().await?;
         Ok(())
     }
 
-    async fn ingest_event(&self, event: &NewEvent, now: DateTime<Utc>) -> Result<Ingested> {
-        let mut tx = self.writer.begin().await?;
-        if let Some(message_id) = &event.message_id {
-            let fresh = sqlx::query(
-                "INSERT INTO message_ids (message_id, received_at) VALUES (?, ?)
-                 ON CONFLICT (message_id) DO UPDATE SET received_at = excluded.received_at
-                 WHERE message_ids.received_at < ?",
-            )
-            .bind(message_id)
-            .bind(nanos(now))
-            .bind(nanos(now - DEDUP_WINDOW))
-            .execute(&mut *tx)
-            .await?;
-            if fresh.rows_affected() == 0 {
-                return Ok(Ingested::Duplicate);
+    /// One transaction for the batch (see [`batch::commit_pass`]). A refusal that comes
+    /// after the refused commit wrote rows (an event handled meanwhile, which is rare)
+    /// rolls the transaction back and the batch is written again without it.
+    async fn commit_many(&self, commits: &[Commit<'_>]) -> Vec<Result<()>> {
+        let mut refused: Vec<Option<Error>> = commits.iter().map(|_| None).collect();
+        let mut committed = false;
+        if commits.len() > 1 {
+            for _ in 0..commits.len() {
+                match batch::commit_pass(self, commits, &mut refused).await {
+                    Ok(batch::Pass::Committed) => {
+                        committed = true;
+                        break;
+                    }
+                    Ok(batch::Pass::Again) => {}
+                    Err(_) => break,
+                }
             }
         }
-        let seq: i64 = sqlx::query_scalar(
-            "INSERT INTO events (customer, name, at, properties, message_id, received_at)
-             VALUES (?, ?, ?, ?, ?, ?) RETURNING seq",
-        )
-        .bind(&event.customer)
-        .bind(&event.name)
-        .bind(nanos(event.at))
-        .bind(json_text(&event.properties))
-        .bind(&event.message_id)
-        .bind(nanos(now))
-        .fetch_one(&mut *tx)
-        .await?;
+        let mut results = Vec::with_capacity(commits.len());
+        for (commit, refusal) in commits.iter().zip(refused) {
+            results.push(match refusal {
+                Some(refusal) => Err(refusal),
+                None if committed => Ok(()),
+                // Database trouble (or a single commit): one transaction each, so that
+                // every commit gets its own result.
+                None => self.commit(*commit).await,
+            });
+        }
+        results
+    }
+
+    async fn ingest_event(&self, event: &NewEvent, now: DateTime<Utc>) -> Result<Ingested> {
+        let mut tx = self.writer.begin().await?;
+        let ingested = write_event(&mut tx, event, now).await?;
         tx.commit().await?;
-        Ok(Ingested::Accepted(seq))
+        Ok(ingested)
+    }
+
+    async fn ingest_many(&self, events: &[NewEvent], now: DateTime<Utc>) -> Vec<Result<Ingested>> {
+        if events.len() > 1
+            && let Ok(results) = batch::ingest_many(self, events, now).await
+        {
+            return results;
+        }
+        // One transaction each, so that a failure belongs to its own event.
+        let mut results = Vec::with_capacity(events.len());
+        for event in events {
+            results.push(self.ingest_event(event, now).await);
+        }
+        results
     }
 
     async fn inbox(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>> {
@@ -479,12 +573,25 @@ impl Store for SqliteStore {
     }
 
     async fn due_timers(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<DueTimer>> {
+        self.due_timers_after(now, None, limit).await
+    }
+
+    async fn due_timers_after(
+        &self,
+        now: DateTime<Utc>,
+        after: Option<&DueTimer>,
+        limit: u32,
+    ) -> Result<Vec<DueTimer>> {
+        // The row value seeks straight into the (wake_at, id) index.
         let rows = sqlx::query(
             "SELECT customer, id, wake_at FROM enrollments
              WHERE wake_at IS NOT NULL AND wake_at <= ? AND status = 'active'
-             ORDER BY wake_at LIMIT ?",
+                 AND (wake_at, id) > (?, ?)
+             ORDER BY wake_at, id LIMIT ?",
         )
         .bind(nanos(now))
+        .bind(after.map_or(i64::MIN, |t| nanos(t.at)))
+        .bind(after.map_or("", |t| t.enrollment.as_str()))
         .bind(i64::from(limit))
         .fetch_all(&self.reader)
         .await?;
@@ -505,16 +612,28 @@ impl Store for SqliteStore {
         lease: chrono::TimeDelta,
         limit: u32,
     ) -> Result<Vec<OutboxMessage>> {
+        self.claim_outbox_except(now, lease, limit, &[]).await
+    }
+
+    async fn claim_outbox_except(
+        &self,
+        now: DateTime<Utc>,
+        lease: chrono::TimeDelta,
+        limit: u32,
+        busy: &[String],
+    ) -> Result<Vec<OutboxMessage>> {
         let rows = sqlx::query(
             "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?
              WHERE idempotency_key IN (
                  SELECT idempotency_key FROM outbox
                  WHERE status = 'pending' AND next_attempt_at <= ?
+                     AND channel NOT IN (SELECT value FROM json_each(?))
                  ORDER BY next_attempt_at LIMIT ?)
              RETURNING *",
         )
         .bind(nanos(now + lease))
         .bind(nanos(now))
+        .bind(json_text(&busy))
         .bind(i64::from(limit))
         .fetch_all(&self.writer)
         .await?;
@@ -555,6 +674,14 @@ impl Store for SqliteStore {
         .execute(&self.writer)
         .await?;
         Ok(())
+    }
+
+    async fn outbox_sent_many(
+        &self,
+        sent: &[(&str, Option<&str>)],
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        batch::outbox_sent_many(self, sent, now).await
     }
 
     async fn outbox_retry(

@@ -296,13 +296,127 @@ async fn a_stale_state_is_refused_and_an_event_is_handled_once() {
     ));
 }
 
+/// Group commit: refused commits in a batch (a stale state, an event handled already)
+/// leave the others standing and write nothing of their own; an alias merge in the batch
+/// lands too.
 #[tokio::test]
-async fn an_alias_redirects_the_old_id_and_joins_its_history() {
+async fn a_batch_of_commits_keeps_every_commit_but_the_refused_ones() {
     let f = fixture().await;
-    track(&f, "anon-1", "visit", t0()).await;
-    identify(&f, "ann").await;
-    let mut user = f.store.load_customer("ann").await.unwrap();
-    let other = f.store.load_customer("anon-1").await.unwrap();
+    for id in ["ann", "bob", "dan", "eve"] {
+        identify(&f, id).await;
+    }
+    let mut ann = f.store.load_customer("ann").await.unwrap();
+    let fresh = f.store.load_customer("bob").await.unwrap();
+    let stale = f.store.load_customer("bob").await.unwrap();
+    f.store.commit(commit(&fresh)).await.unwrap();
+    let Ingested::Accepted(seq) = f
+        .store
+        .ingest_event(&new_event("bob", "visit", None), t0())
+        .await
+        .unwrap()
+    else {
+        unreachable!()
+    };
+    let traits = props(json!({"plan": "gold"}));
+    f.engine.on_identify(&mut ann.state, &traits, t0());
+    let mut cy = f.store.load_customer("cy").await.unwrap();
+    let cy_effects = f.engine.on_event(
+        &mut cy.state,
+        &Event {
+            name: "signed_up".to_owned(),
+            at: t0(),
+            properties: Map::new(),
+        },
+        t0(),
+    );
+    // dan's event was handled by someone else after dan was loaded.
+    track(&f, "dan", "visit", t0()).await;
+    let dan_seq = f.store.recent_events("dan", 1).await.unwrap()[0].seq;
+    let dan = f.store.load_customer("dan").await.unwrap();
+    track(&f, "anon-2", "visit", t0()).await;
+    let mut eve = f.store.load_customer("eve").await.unwrap();
+    let anon = f.store.load_customer("anon-2").await.unwrap();
+    let eve_effects = f.engine.merge(&mut eve.state, anon.state, t0());
+
+    let results = f
+        .store
+        .commit_many(&[
+            commit(&ann),
+            Commit {
+                event: Some(seq),
+                ..commit(&stale)
+            },
+            Commit {
+                effects: &cy_effects,
+                ..commit(&cy)
+            },
+            Commit {
+                event: Some(dan_seq),
+                ..commit(&dan)
+            },
+            Commit {
+                effects: &eve_effects,
+                merged: Some(("anon-2", anon.revision)),
+                ..commit(&eve)
+            },
+        ])
+        .await;
+    assert!(results[0].is_ok(), "{:?}", results[0]);
+    assert!(matches!(&results[1], Err(Error::Conflict(id)) if id == "bob"));
+    assert!(results[2].is_ok(), "{:?}", results[2]);
+    assert!(matches!(&results[3], Err(Error::Handled(s)) if *s == dan_seq));
+    assert!(results[4].is_ok(), "{:?}", results[4]);
+
+    let ann = f.store.load_customer("ann").await.unwrap();
+    assert_eq!(ann.state.profile.traits["plan"], json!("gold"));
+    let cy = f.store.load_customer("cy").await.unwrap();
+    assert_eq!((cy.revision, cy.state.enrollments.len()), (1, 1));
+    assert_eq!(
+        f.store.load_customer("dan").await.unwrap().revision,
+        dan.revision
+    );
+    assert_eq!(f.store.resolve("anon-2").await.unwrap(), "eve");
+    let inbox = f.store.inbox(0, 10).await.unwrap();
+    assert_eq!(inbox.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![seq]);
+}
+
+#[tokio::test]
+async fn a_batch_of_events_is_accepted_with_repeats_recognised_inside_it() {
+    let f = fixture().await;
+    let results = f
+        .store
+        .ingest_many(
+            &[
+                new_event("ann", "visit", Some("m-1")),
+                new_event("ann", "visit", Some("m-1")),
+                new_event("bob", "visit", None),
+            ],
+            t0(),
+        )
+        .await;
+    let results: Vec<Ingested> = results.into_iter().map(Result::unwrap).collect();
+    assert!(matches!(
+        results[..],
+        [
+            Ingested::Accepted(a),
+            Ingested::Duplicate,
+            Ingested::Accepted(b)
+        ] if b > a
+    ));
+    let inbox = f.store.inbox(0, 10).await.unwrap();
+    assert_eq!(
+        inbox
+            .iter()
+            .map(|e| e.customer.as_str())
+            .collect::<Vec<_>>(),
+        vec!["ann", "bob"]
+    );
+}
+
+/// Merges `previous` into `user`, as the daemon does for an alias.
+async fn alias(f: &Fixture, user: &str, previous: &str) {
+    let mut user = f.store.load_customer(user).await.unwrap();
+    let other = f.store.load_customer(previous).await.unwrap();
     let effects = f.engine.merge(&mut user.state, other.state, t0());
     f.store
         .commit(Commit {
@@ -310,11 +424,19 @@ async fn an_alias_redirects_the_old_id_and_joins_its_history() {
             revision: user.revision,
             effects: &effects,
             event: None,
-            merged: Some(("anon-1", other.revision)),
+            merged: Some((previous, other.revision)),
             now: t0(),
         })
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn an_alias_redirects_the_old_id_and_joins_its_history() {
+    let f = fixture().await;
+    track(&f, "anon-1", "visit", t0()).await;
+    identify(&f, "ann").await;
+    alias(&f, "ann", "anon-1").await;
     assert_eq!(f.store.resolve("anon-1").await.unwrap(), "ann");
     let merged = f.store.load_customer("anon-1").await.unwrap();
     assert_eq!(merged.state.profile.id, "ann");
@@ -464,4 +586,115 @@ async fn a_receipt_finds_its_message_by_provider_id_or_address() {
             .unwrap(),
         None
     );
+}
+
+#[tokio::test]
+async fn a_batch_load_reads_what_single_loads_read() {
+    let f = fixture().await;
+    identify(&f, "ann").await;
+    track(&f, "ann", "signed_up", t0()).await;
+    track(&f, "anon-1", "visit", t0()).await;
+    alias(&f, "ann", "anon-1").await;
+    identify(&f, "bob").await;
+    track(&f, "bob", "signed_up", t0()).await;
+    let ids: Vec<String> = ["ann", "nobody", "bob", "anon-1", "ann"]
+        .map(str::to_owned)
+        .to_vec();
+    let batch = f.store.load_many(&ids).await;
+    assert_eq!(batch.len(), ids.len());
+    for (id, loaded) in ids.iter().zip(batch) {
+        let loaded = loaded.unwrap();
+        let single = f.store.load_customer(id).await.unwrap();
+        assert_eq!(loaded.revision, single.revision, "{id}");
+        let (a, b) = (&loaded.state, &single.state);
+        assert_eq!(a.profile.id, b.profile.id, "{id}");
+        assert_eq!(a.profile.traits, b.profile.traits, "{id}");
+        assert_eq!(a.profile.segments, b.profile.segments, "{id}");
+        assert_eq!(a.profile.enrollment_seq, b.profile.enrollment_seq, "{id}");
+        assert_eq!(a.profile.messages, b.profile.messages, "{id}");
+        assert_eq!(
+            a.profile.history.events(),
+            b.profile.history.events(),
+            "{id}"
+        );
+        assert_eq!(a.enrollments, b.enrollments, "{id}");
+    }
+    let ann = f.store.load_customer("anon-1").await.unwrap();
+    assert_eq!(
+        (
+            ann.state.profile.id.as_str(),
+            ann.state.profile.history.len()
+        ),
+        ("ann", 2)
+    );
+}
+
+/// Timers sharing one wake time are walked in batches, each after the last one taken,
+/// without repeats or gaps.
+#[tokio::test]
+async fn due_timers_are_read_in_batches_after_the_last_one_taken() {
+    let f = fixture().await;
+    let customers = ["a", "b", "c", "d", "e"];
+    for id in customers {
+        track(&f, id, "signed_up", t0()).await;
+    }
+    let at = t0() + TimeDelta::hours(1);
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let batch = f
+            .store
+            .due_timers_after(at, after.as_ref(), 2)
+            .await
+            .unwrap();
+        assert!(batch.iter().all(|t| t.at == at));
+        seen.extend(batch.iter().map(|t| t.customer.clone()));
+        match batch.last() {
+            Some(last) => after = Some(last.clone()),
+            None => break,
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, customers);
+}
+
+#[tokio::test]
+async fn many_deliveries_are_recorded_at_once_and_busy_channels_are_skipped() {
+    let f = fixture().await;
+    for id in ["ann", "bob"] {
+        identify(&f, id).await;
+        track(&f, id, "signed_up", t0()).await;
+    }
+    let lease = TimeDelta::minutes(1);
+    let busy = ["email".to_owned()];
+    assert!(
+        f.store
+            .claim_outbox_except(t0(), lease, 10, &busy)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let claimed = f
+        .store
+        .claim_outbox_except(t0(), lease, 10, &["sms".to_owned()])
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2);
+    let sent: Vec<(&str, Option<&str>)> = vec![
+        (&claimed[0].idempotency_key, Some("prov-1")),
+        (&claimed[1].idempotency_key, None),
+    ];
+    f.store.outbox_sent_many(&sent, t0()).await.unwrap();
+    assert_eq!(f.store.depths().await.unwrap().outbox_pending, 0);
+    for id in ["ann", "bob"] {
+        let messages = f.store.recent_messages(id, 10).await.unwrap();
+        assert_eq!(messages[0].delivery.as_deref(), Some("sent"), "{id}");
+    }
+    let found = f
+        .store
+        .find_sent_message("email", Some("prov-1"), None)
+        .await
+        .unwrap()
+        .expect("found by the provider's id");
+    assert_eq!(found.idempotency_key, claimed[0].idempotency_key);
 }
