@@ -192,6 +192,16 @@ pub trait Store: Send + Sync + 'static {
     /// The profile id `id` now lives under: itself, unless merged away by an alias.
     async fn resolve(&self, id: &str) -> Result<String>;
 
+    /// [`Store::resolve`] for many ids at once, one result per id in order. The default
+    /// resolves them one by one.
+    async fn resolve_many(&self, ids: &[String]) -> Vec<Result<String>> {
+        let mut resolved = Vec::with_capacity(ids.len());
+        for id in ids {
+            resolved.push(self.resolve(id).await);
+        }
+        resolved
+    }
+
     /// The customer `id` resolves to, with history and sent messages; an empty state
     /// (revision 0) when unknown.
     async fn load_customer(&self, id: &str) -> Result<Customer>;

@@ -589,7 +589,7 @@ async fn a_receipt_finds_its_message_by_provider_id_or_address() {
 }
 
 #[tokio::test]
-async fn a_batch_load_reads_what_single_loads_read() {
+async fn batch_loads_and_resolves_read_what_single_ones_read() {
     let f = fixture().await;
     identify(&f, "ann").await;
     track(&f, "ann", "signed_up", t0()).await;
@@ -600,6 +600,14 @@ async fn a_batch_load_reads_what_single_loads_read() {
     let ids: Vec<String> = ["ann", "nobody", "bob", "anon-1", "ann"]
         .map(str::to_owned)
         .to_vec();
+    let resolved: Vec<String> = f
+        .store
+        .resolve_many(&ids)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(resolved, ["ann", "nobody", "bob", "ann", "ann"]);
     let batch = f.store.load_many(&ids).await;
     assert_eq!(batch.len(), ids.len());
     for (id, loaded) in ids.iter().zip(batch) {

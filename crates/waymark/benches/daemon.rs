@@ -501,13 +501,14 @@ async fn timers_child() -> anyhow::Result<()> {
         || transitions() < customers * TRANSITIONS_PER_CUSTOMER
     {
         tokio::time::sleep(Duration::from_millis(10)).await;
-        if last_note.elapsed() >= Duration::from_secs(10) {
+        if last_note.elapsed() >= Duration::from_secs(2) {
             last_note = Instant::now();
             eprintln!(
-                "  {:.0} s: {} transitions, {} messages delivered",
+                "  {:.0} s: {} transitions, {} messages delivered, RSS {} kB",
                 started.elapsed().as_secs_f64(),
                 transitions(),
-                delivered.load(Ordering::Relaxed)
+                delivered.load(Ordering::Relaxed),
+                status_kb("VmRSS")
             );
         }
     }

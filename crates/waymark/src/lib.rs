@@ -13,9 +13,11 @@ use std::process::ExitCode;
 use clap::Parser;
 
 pub mod api;
+mod batch;
 pub mod channels;
 pub mod config;
 pub mod daemon;
+pub mod dispatch;
 pub mod metrics;
 pub mod serve;
 

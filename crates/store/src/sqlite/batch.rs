@@ -2,7 +2,8 @@
 //! [`Store::commit_many`], [`Store::ingest_many`] and [`Store::outbox_sent_many`].
 //!
 //! Each statement takes its rows as one JSON array bound to one parameter and read with
-//! `json_each`: the SQL text stays fixed (prepared once and cached), any batch fits in one
+//! `json_each` (`jsonb_each` where rows are arrays, so that each field is read from the
+//! parsed form rather than by parsing the row's text again): the SQL text stays fixed (prepared once and cached), any batch fits in one
 //! bind, and one round trip to the connection's thread serves a whole batch. Through sqlx
 //! a statement costs tens of microseconds of handing work between threads, more than
 //! SQLite needs to write a row, so statements per customer, not rows, set the pace.
@@ -15,13 +16,35 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
-use sqlx::sqlite::SqliteConnection;
 use sqlx::{Acquire as _, Row};
 use waymark_scheduler::{CustomerState, Effect, SendOutcome};
 
 use super::{SqliteStore, enrollment, read_profile, sent_message, stored_event, write_commit};
 use crate::codec::{json_text, nanos, send_outcome, status_text};
 use crate::{Commit, Customer, DEDUP_WINDOW, Error, Ingested, NewEvent, Result};
+
+pub(super) async fn resolve_many(
+    store: &SqliteStore,
+    ids: &[String],
+) -> Result<Vec<Result<String>>> {
+    let rows = sqlx::query(
+        "SELECT j.key AS i, p.merged_into AS merged_into
+         FROM json_each(?) AS j LEFT JOIN profiles AS p ON p.id = j.value",
+    )
+    .bind(json_text(&ids))
+    .fetch_all(&store.reader)
+    .await?;
+    let mut resolved: Vec<Result<String>> = ids.iter().map(|id| Ok(id.clone())).collect();
+    for row in &rows {
+        if let Some(next) = row.try_get::<Option<String>, _>("merged_into")? {
+            let i = usize::try_from(row.try_get::<i64, _>("i")?)
+                .map_err(|_| Error::Corrupt("json_each key".to_owned()))?;
+            // Merged away: follow the rest of the chain one hop at a time (rare).
+            resolved[i] = store.resolve_in(&next).await;
+        }
+    }
+    Ok(resolved)
+}
 
 /// What a customer's position in a `load_many` batch turned out to be.
 enum Loaded {
@@ -150,6 +173,121 @@ pub(super) enum Pass {
     Again,
 }
 
+/// One commit's rows for the bulk statements, each a JSON array text. They are written
+/// out before the transaction begins, so that the database does not wait on it.
+struct Rows {
+    profile: String,
+    /// `[seq, customer]` of the inbox event the input was.
+    event: Option<String>,
+    enrollments: Vec<String>,
+    log: Vec<String>,
+    outbox: Vec<String>,
+}
+
+fn text<T: serde::Serialize>(row: &T) -> String {
+    serde_json::to_string(row).expect("rows of strings and numbers always serialize")
+}
+
+impl Rows {
+    fn of(c: &Commit<'_>) -> Rows {
+        let p = &c.state.profile;
+        let customer = p.id.as_str();
+        let profile = text(&(
+            customer,
+            c.revision,
+            json_text(&p.traits),
+            json_text(&p.segments),
+            i64::try_from(p.enrollment_seq).unwrap_or(i64::MAX),
+            nanos(c.now),
+        ));
+        let enrollments = c
+            .state
+            .enrollments
+            .iter()
+            .enumerate()
+            .map(|(ord, e)| {
+                let ended_at = match e.status {
+                    waymark_scheduler::Status::Ended { at, .. } => Some(nanos(at)),
+                    waymark_scheduler::Status::Active => None,
+                };
+                text(&(
+                    &e.id,
+                    customer,
+                    ord,
+                    &e.journey,
+                    &e.version,
+                    &e.key,
+                    e.step.0,
+                    status_text(e.status),
+                    e.wake.map(nanos),
+                    json_text(&e.trigger),
+                    json_text(&e.event),
+                    &e.variant,
+                    i64::from(e.control),
+                    nanos(e.entered_at),
+                    ended_at,
+                    e.sends,
+                ))
+            })
+            .collect();
+        let mut log = Vec::new();
+        let mut outbox = Vec::new();
+        for effect in c.effects {
+            let Effect::Message(m) = effect else {
+                continue;
+            };
+            let (outcome, reason) = send_outcome(m.outcome);
+            log.push(text(&(
+                &m.idempotency_key,
+                &m.customer,
+                &m.enrollment,
+                &m.journey,
+                &m.step,
+                &m.template,
+                &m.channel,
+                &m.variant,
+                i64::from(m.transactional),
+                outcome,
+                reason,
+                nanos(m.at),
+            )));
+            if let (SendOutcome::Sent, Some(channel)) = (m.outcome, &m.channel) {
+                outbox.push(text(&(
+                    &m.idempotency_key,
+                    channel,
+                    &m.address,
+                    json_text(&m.content),
+                    &m.customer,
+                    &m.journey,
+                    &m.step,
+                    &m.template,
+                    nanos(m.at),
+                )));
+            }
+        }
+        Rows {
+            profile,
+            event: c.event.map(|seq| text(&(seq, customer))),
+            enrollments,
+            log,
+            outbox,
+        }
+    }
+}
+
+/// `[a,b,...]` from array element texts.
+fn array<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
+    let mut out = String::from("[");
+    for (i, item) in items.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(item);
+    }
+    out.push(']');
+    out
+}
+
 /// One pass of [`Store::commit_many`]: every commit not yet refused (`refused[i]` is
 /// `None`) is written, in one transaction; refusals are recorded in `refused`.
 ///
@@ -176,9 +314,42 @@ pub(super) async fn commit_pass(
         .partition(|&i| {
             commits[i].merged.is_none() && mentions[commits[i].state.profile.id.as_str()] == 1
         });
+    let rows: HashMap<usize, Rows> = bulk.iter().map(|&i| (i, Rows::of(&commits[i]))).collect();
+    let (new, known): (Vec<usize>, Vec<usize>) =
+        bulk.iter().partition(|&&i| commits[i].revision == 0);
+    let profiles = |which: &[usize]| array(which.iter().map(|i| rows[i].profile.as_str()));
+    let (new_profiles, known_profiles) = (profiles(&new), profiles(&known));
 
     let mut tx = store.writer.begin().await?;
-    let saved = save_profiles(&mut tx, commits, &bulk).await?;
+    let mut saved = HashSet::with_capacity(bulk.len());
+    if !known.is_empty() {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "UPDATE profiles SET traits = j.value->>2, segments = j.value->>3,
+                 enrollment_seq = j.value->>4, revision = revision + 1, updated_at = j.value->>5
+             FROM jsonb_each(?) AS j
+             WHERE profiles.id = j.value->>0 AND profiles.revision = j.value->>1
+                 AND profiles.merged_into IS NULL
+             RETURNING profiles.id",
+        )
+        .bind(known_profiles)
+        .fetch_all(&mut *tx)
+        .await?;
+        saved.extend(ids);
+    }
+    if !new.is_empty() {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "INSERT INTO profiles (id, traits, segments, enrollment_seq, revision, updated_at)
+             SELECT j.value->>0, j.value->>2, j.value->>3, j.value->>4, 1, j.value->>5
+             FROM jsonb_each(?) AS j WHERE true
+             ON CONFLICT (id) DO NOTHING
+             RETURNING id",
+        )
+        .bind(new_profiles)
+        .fetch_all(&mut *tx)
+        .await?;
+        saved.extend(ids);
+    }
+    // A profile missing from the answers was changed by another writer meanwhile.
     let mut written = Vec::with_capacity(bulk.len());
     for i in bulk {
         let id = &commits[i].state.profile.id;
@@ -188,21 +359,89 @@ pub(super) async fn commit_pass(
             refused[i] = Some(Error::Conflict(id.clone()));
         }
     }
-    let consumed = consume_events(&mut tx, commits, &written).await?;
-    let mut again = false;
-    for &i in &written {
-        if let Some(seq) = commits[i].event
-            && !consumed.contains(&seq)
-        {
-            refused[i] = Some(Error::Handled(seq));
-            again = true;
+
+    let events = array(written.iter().filter_map(|i| rows[i].event.as_deref()));
+    if events.len() > 2 {
+        // An event missing from the answer was handled already.
+        let consumed: HashSet<i64> = sqlx::query_scalar(
+            "UPDATE events SET processed = 1, customer = j.value->>1
+             FROM jsonb_each(?) AS j
+             WHERE events.seq = j.value->>0 AND events.processed = 0
+             RETURNING events.seq",
+        )
+        .bind(events)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+        let mut again = false;
+        for &i in &written {
+            if let Some(seq) = commits[i].event
+                && !consumed.contains(&seq)
+            {
+                refused[i] = Some(Error::Handled(seq));
+                again = true;
+            }
+        }
+        if again {
+            tx.rollback().await?;
+            return Ok(Pass::Again);
         }
     }
-    if again {
-        tx.rollback().await?;
-        return Ok(Pass::Again);
+
+    let written: Vec<&Rows> = written.iter().map(|i| &rows[i]).collect();
+    let statements: [(String, &str); 3] = [
+        (
+            array(
+                written
+                    .iter()
+                    .flat_map(|r| r.enrollments.iter().map(String::as_str)),
+            ),
+            // Without an alias merge (those go one by one) an enrollment keeps its
+            // customer and position: only what a step changes is updated, which spares
+            // the indexes on the rest.
+            "INSERT INTO enrollments (id, customer, ord, journey, version, key, step, status,
+                 wake_at, trigger_data, event_data, variant, control, entered_at, ended_at, sends)
+             SELECT j.value->>0, j.value->>1, j.value->>2, j.value->>3, j.value->>4, j.value->>5,
+                 j.value->>6, j.value->>7, j.value->>8, j.value->>9, j.value->>10, j.value->>11,
+                 j.value->>12, j.value->>13, j.value->>14, j.value->>15
+             FROM jsonb_each(?) AS j WHERE true
+             ON CONFLICT (id) DO UPDATE SET step = excluded.step, status = excluded.status,
+                 wake_at = excluded.wake_at, event_data = excluded.event_data,
+                 variant = excluded.variant, ended_at = excluded.ended_at, sends = excluded.sends",
+        ),
+        (
+            array(
+                written
+                    .iter()
+                    .flat_map(|r| r.log.iter().map(String::as_str)),
+            ),
+            "INSERT INTO message_log (idempotency_key, customer, enrollment, journey, step,
+                 template, channel, variant, transactional, outcome, reason, at)
+             SELECT j.value->>0, j.value->>1, j.value->>2, j.value->>3, j.value->>4, j.value->>5,
+                 j.value->>6, j.value->>7, j.value->>8, j.value->>9, j.value->>10, j.value->>11
+             FROM jsonb_each(?) AS j WHERE true
+             ON CONFLICT (idempotency_key) DO NOTHING",
+        ),
+        (
+            array(
+                written
+                    .iter()
+                    .flat_map(|r| r.outbox.iter().map(String::as_str)),
+            ),
+            "INSERT INTO outbox (idempotency_key, channel, address, content, customer, journey,
+                 step, template, status, attempts, next_attempt_at, created_at)
+             SELECT j.value->>0, j.value->>1, j.value->>2, j.value->>3, j.value->>4, j.value->>5,
+                 j.value->>6, j.value->>7, 'pending', 0, j.value->>8, j.value->>8
+             FROM jsonb_each(?) AS j WHERE true
+             ON CONFLICT (idempotency_key) DO NOTHING",
+        ),
+    ];
+    for (rows, sql) in statements {
+        if rows.len() > 2 {
+            sqlx::query(sql).bind(rows).execute(&mut *tx).await?;
+        }
     }
-    save_rows(&mut tx, commits, &written).await?;
 
     for i in single {
         let mut savepoint = tx.begin().await?;
@@ -217,199 +456,6 @@ pub(super) async fn commit_pass(
     }
     tx.commit().await?;
     Ok(Pass::Committed)
-}
-
-/// Updates (at the revision loaded) or creates the profile rows of `which`; returns the
-/// ids saved. An id missing from the answer was changed by another writer meanwhile.
-async fn save_profiles(
-    tx: &mut SqliteConnection,
-    commits: &[Commit<'_>],
-    which: &[usize],
-) -> Result<HashSet<String>> {
-    let row = |c: &Commit<'_>| {
-        let p = &c.state.profile;
-        json!([
-            p.id,
-            c.revision,
-            json_text(&p.traits),
-            json_text(&p.segments),
-            i64::try_from(p.enrollment_seq).unwrap_or(i64::MAX),
-            nanos(c.now),
-        ])
-    };
-    let (new, known): (Vec<usize>, Vec<usize>) =
-        which.iter().partition(|&&i| commits[i].revision == 0);
-    let mut saved = HashSet::with_capacity(which.len());
-    if !known.is_empty() {
-        let rows: Vec<Value> = known.iter().map(|&i| row(&commits[i])).collect();
-        let ids: Vec<String> = sqlx::query_scalar(
-            "UPDATE profiles SET traits = j.value->>2, segments = j.value->>3,
-                 enrollment_seq = j.value->>4, revision = revision + 1, updated_at = j.value->>5
-             FROM json_each(?) AS j
-             WHERE profiles.id = j.value->>0 AND profiles.revision = j.value->>1
-                 AND profiles.merged_into IS NULL
-             RETURNING profiles.id",
-        )
-        .bind(Value::Array(rows).to_string())
-        .fetch_all(&mut *tx)
-        .await?;
-        saved.extend(ids);
-    }
-    if !new.is_empty() {
-        let rows: Vec<Value> = new.iter().map(|&i| row(&commits[i])).collect();
-        let ids: Vec<String> = sqlx::query_scalar(
-            "INSERT INTO profiles (id, traits, segments, enrollment_seq, revision, updated_at)
-             SELECT j.value->>0, j.value->>2, j.value->>3, j.value->>4, 1, j.value->>5
-             FROM json_each(?) AS j WHERE true
-             ON CONFLICT (id) DO NOTHING
-             RETURNING id",
-        )
-        .bind(Value::Array(rows).to_string())
-        .fetch_all(&mut *tx)
-        .await?;
-        saved.extend(ids);
-    }
-    Ok(saved)
-}
-
-/// Marks the inbox events of `which` handled; returns the sequence numbers marked. One
-/// missing from the answer was handled already.
-async fn consume_events(
-    tx: &mut SqliteConnection,
-    commits: &[Commit<'_>],
-    which: &[usize],
-) -> Result<HashSet<i64>> {
-    let rows: Vec<Value> = which
-        .iter()
-        .filter_map(|&i| Some(json!([commits[i].event?, commits[i].state.profile.id])))
-        .collect();
-    if rows.is_empty() {
-        return Ok(HashSet::new());
-    }
-    let seqs: Vec<i64> = sqlx::query_scalar(
-        "UPDATE events SET processed = 1, customer = j.value->>1
-         FROM json_each(?) AS j
-         WHERE events.seq = j.value->>0 AND events.processed = 0
-         RETURNING events.seq",
-    )
-    .bind(Value::Array(rows).to_string())
-    .fetch_all(&mut *tx)
-    .await?;
-    Ok(seqs.into_iter().collect())
-}
-
-/// The enrollment, message-log and outbox rows of `which`.
-async fn save_rows(
-    tx: &mut SqliteConnection,
-    commits: &[Commit<'_>],
-    which: &[usize],
-) -> Result<()> {
-    let mut enrollments = Vec::new();
-    let mut log = Vec::new();
-    let mut outbox = Vec::new();
-    for &i in which {
-        let c = &commits[i];
-        let customer = &c.state.profile.id;
-        for (ord, e) in c.state.enrollments.iter().enumerate() {
-            let ended_at = match e.status {
-                waymark_scheduler::Status::Ended { at, .. } => Some(nanos(at)),
-                waymark_scheduler::Status::Active => None,
-            };
-            enrollments.push(json!([
-                e.id,
-                customer,
-                ord,
-                e.journey,
-                e.version,
-                e.key,
-                e.step.0,
-                status_text(e.status),
-                e.wake.map(nanos),
-                json_text(&e.trigger),
-                json_text(&e.event),
-                e.variant,
-                i64::from(e.control),
-                nanos(e.entered_at),
-                ended_at,
-                e.sends,
-            ]));
-        }
-        for effect in c.effects {
-            let Effect::Message(m) = effect else {
-                continue;
-            };
-            let (outcome, reason) = send_outcome(m.outcome);
-            log.push(json!([
-                m.idempotency_key,
-                m.customer,
-                m.enrollment,
-                m.journey,
-                m.step,
-                m.template,
-                m.channel,
-                m.variant,
-                i64::from(m.transactional),
-                outcome,
-                reason,
-                nanos(m.at),
-            ]));
-            if let (SendOutcome::Sent, Some(channel)) = (m.outcome, &m.channel) {
-                outbox.push(json!([
-                    m.idempotency_key,
-                    channel,
-                    m.address,
-                    json_text(&m.content),
-                    m.customer,
-                    m.journey,
-                    m.step,
-                    m.template,
-                    nanos(m.at),
-                ]));
-            }
-        }
-    }
-    let statements = [
-        (
-            enrollments,
-            "INSERT INTO enrollments (id, customer, ord, journey, version, key, step, status,
-                 wake_at, trigger_data, event_data, variant, control, entered_at, ended_at, sends)
-             SELECT j.value->>0, j.value->>1, j.value->>2, j.value->>3, j.value->>4, j.value->>5,
-                 j.value->>6, j.value->>7, j.value->>8, j.value->>9, j.value->>10, j.value->>11,
-                 j.value->>12, j.value->>13, j.value->>14, j.value->>15
-             FROM json_each(?) AS j WHERE true
-             ON CONFLICT (id) DO UPDATE SET customer = excluded.customer, ord = excluded.ord,
-                 step = excluded.step, status = excluded.status, wake_at = excluded.wake_at,
-                 event_data = excluded.event_data, variant = excluded.variant,
-                 ended_at = excluded.ended_at, sends = excluded.sends",
-        ),
-        (
-            log,
-            "INSERT INTO message_log (idempotency_key, customer, enrollment, journey, step,
-                 template, channel, variant, transactional, outcome, reason, at)
-             SELECT j.value->>0, j.value->>1, j.value->>2, j.value->>3, j.value->>4, j.value->>5,
-                 j.value->>6, j.value->>7, j.value->>8, j.value->>9, j.value->>10, j.value->>11
-             FROM json_each(?) AS j WHERE true
-             ON CONFLICT (idempotency_key) DO NOTHING",
-        ),
-        (
-            outbox,
-            "INSERT INTO outbox (idempotency_key, channel, address, content, customer, journey,
-                 step, template, status, attempts, next_attempt_at, created_at)
-             SELECT j.value->>0, j.value->>1, j.value->>2, j.value->>3, j.value->>4, j.value->>5,
-                 j.value->>6, j.value->>7, 'pending', 0, j.value->>8, j.value->>8
-             FROM json_each(?) AS j WHERE true
-             ON CONFLICT (idempotency_key) DO NOTHING",
-        ),
-    ];
-    for (rows, sql) in statements {
-        if !rows.is_empty() {
-            sqlx::query(sql)
-                .bind(Value::Array(rows).to_string())
-                .execute(&mut *tx)
-                .await?;
-        }
-    }
-    Ok(())
 }
 
 /// [`Store::ingest_many`] in one transaction: the `messageId`s in one statement (a repeat
@@ -471,7 +517,7 @@ pub(super) async fn ingest_many(
         sqlx::query_scalar(
             "INSERT INTO events (customer, name, at, properties, message_id, received_at)
              SELECT j.value->>0, j.value->>1, j.value->>2, j.value->>3, j.value->>4, ?
-             FROM json_each(?) AS j ORDER BY j.key
+             FROM jsonb_each(?) AS j ORDER BY j.key
              RETURNING seq",
         )
         .bind(nanos(now))
@@ -507,7 +553,7 @@ pub(super) async fn outbox_sent_many(
     sqlx::query(
         "UPDATE outbox SET status = 'sent', provider_id = j.value->>1, done_at = ?,
              last_error = NULL
-         FROM json_each(?) AS j
+         FROM jsonb_each(?) AS j
          WHERE outbox.idempotency_key = j.value->>0 AND outbox.status = 'pending'",
     )
     .bind(nanos(now))
