@@ -84,8 +84,7 @@ struct RawConfig {
     channels: BTreeMap<String, Value>,
     public_url: Option<String>,
     link_secret: Option<String>,
-    #[serde(default)]
-    tracking: Tracking,
+    tracking: Option<Value>,
 }
 
 /// Email open and click tracking (`tracking:`): off unless asked for.
@@ -149,17 +148,7 @@ impl Config {
             value = Value::Object(serde_json::Map::new());
         }
         substitute(&mut value, "", env)?;
-        let raw: RawConfig = serde_json::from_value(value).map_err(|e| {
-            let message = e.to_string();
-            // serde names unknown and missing keys in backquotes; point at them.
-            let key = message
-                .split('`')
-                .nth(1)
-                .filter(|_| message.starts_with("unknown field") || message.starts_with("missing"))
-                .unwrap_or("")
-                .to_owned();
-            error(key, message)
-        })?;
+        let raw: RawConfig = deserialize(value, "")?;
         let defaults = Config::defaults();
         let listen = match raw.listen {
             Some(text) => text
@@ -222,7 +211,10 @@ impl Config {
             channels: raw.channels,
             public_url: raw.public_url,
             link_secret: raw.link_secret,
-            tracking: raw.tracking,
+            tracking: match raw.tracking {
+                Some(section) => deserialize(section, "tracking.")?,
+                None => Tracking::default(),
+            },
             defaults: false,
             source: None,
         };
@@ -260,6 +252,27 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Reads a section, naming the key of an unknown or missing field (with `prefix`, the
+/// section's own key and a dot).
+fn deserialize<T: serde::de::DeserializeOwned>(
+    value: Value,
+    prefix: &str,
+) -> Result<T, ConfigError> {
+    serde_json::from_value(value).map_err(|e| {
+        let message = e.to_string();
+        // serde names unknown and missing keys in backquotes; point at them.
+        let key = message
+            .split('`')
+            .nth(1)
+            .filter(|_| message.starts_with("unknown field") || message.starts_with("missing"))
+            .map_or_else(
+                || prefix.trim_end_matches('.').to_owned(),
+                |k| format!("{prefix}{k}"),
+            );
+        error(key, message)
+    })
 }
 
 /// Replaces `${NAME}` in every string, depth first, naming the key of an unset variable.
@@ -348,7 +361,9 @@ mod tests {
         let short = Config::parse("link_secret: abc\n", &env).unwrap_err();
         assert_eq!(short.key, "link_secret");
         let tracking = Config::parse("tracking: {opens: true, click: true}\n", &env);
-        assert_eq!(tracking.unwrap_err().key, "click");
+        assert_eq!(tracking.unwrap_err().key, "tracking.click");
+        let tracking = Config::parse("tracking: {opens: yes please}\n", &env);
+        assert_eq!(tracking.unwrap_err().key, "tracking");
     }
 
     #[test]

@@ -135,12 +135,12 @@ impl Links {
         let (payload, tag) = token.split_once('.')?;
         let payload = URL_SAFE_NO_PAD.decode(payload).ok()?;
         let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.secret).ok()?;
-        mac.update(&payload);
-        mac.verify_truncated_left(&tag).ok()?;
         if tag.len() != TAG_BYTES {
             return None;
         }
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.secret).ok()?;
+        mac.update(&payload);
+        mac.verify_truncated_left(&tag).ok()?;
         let payload = String::from_utf8(payload).ok()?;
         let mut fields = payload.split('\n');
         if fields.next()? != kind.tag() {
