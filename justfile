@@ -17,9 +17,12 @@ lint:
     cargo fmt --all --check
     cargo clippy --workspace --all-targets -- -D warnings
 
-# Benchmarks: engine throughput and the scenario suite's time.
+# Benchmarks: the engine in memory and the scenario suite's time; then the daemon
+# (durable transitions next to the raw SQLite ceiling, HTTP ingestion, peak RSS).
+# `WAYMARK_BENCH_CUSTOMERS=100000 just bench` for a quicker run.
 bench:
     cargo bench -p waymark-scenario --bench engine
+    cargo bench -p waymark --bench daemon
 
 # Run the daemon on the example journeys (embedded SQLite under ./data).
 serve:

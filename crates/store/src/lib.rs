@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use futures_util::future::join_all;
 use serde_json::{Map, Value};
 use sqlx::SqlStr;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
@@ -228,15 +229,43 @@ pub trait Store: Send + Sync + 'static {
     /// The profile id `id` now lives under: itself, unless merged away by an alias.
     async fn resolve(&self, id: &str) -> Result<String>;
 
+    /// [`Store::resolve`] for many ids, one result per id in order. The default resolves
+    /// them concurrently, each on its own.
+    async fn resolve_many(&self, ids: &[String]) -> Vec<Result<String>> {
+        join_all(ids.iter().map(|id| self.resolve(id))).await
+    }
+
     /// The customer `id` resolves to, with history and sent messages; an empty state
     /// (revision 0) when unknown.
     async fn load_customer(&self, id: &str) -> Result<Customer>;
 
+    /// [`Store::load_customer`] for many ids, one result per id in order. The default
+    /// loads them concurrently, each on its own.
+    async fn load_many(&self, ids: &[String]) -> Vec<Result<Customer>> {
+        join_all(ids.iter().map(|id| self.load_customer(id))).await
+    }
+
     /// Persists the outcome of one input. See the contract.
     async fn commit(&self, commit: Commit<'_>) -> Result<()>;
 
+    /// Persists many inputs' outcomes (group commit): one result per commit, in order,
+    /// each what [`Store::commit`] would give had the commits been made one by one. A
+    /// refused commit leaves the others standing. The default makes them concurrently,
+    /// each in its own transaction; a backend whose durable writes are costly writes them
+    /// in one.
+    async fn commit_many(&self, commits: &[Commit<'_>]) -> Vec<Result<()>> {
+        join_all(commits.iter().map(|commit| self.commit(*commit))).await
+    }
+
     /// Accepts an event into the inbox, or recognises its `messageId` as a duplicate.
     async fn ingest_event(&self, event: &NewEvent, now: DateTime<Utc>) -> Result<Ingested>;
+
+    /// Accepts many events, one result per event in order; every accepted one is durable
+    /// when this returns. A `messageId` repeated within the batch is accepted once. The
+    /// default ingests them concurrently, each on its own.
+    async fn ingest_many(&self, events: &[NewEvent], now: DateTime<Utc>) -> Vec<Result<Ingested>> {
+        join_all(events.iter().map(|event| self.ingest_event(event, now))).await
+    }
 
     /// Accepted events not yet handled, oldest first, after sequence number `after`.
     async fn inbox(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>>;
@@ -244,17 +273,34 @@ pub trait Store: Send + Sync + 'static {
     /// The customer's latest events, newest first.
     async fn recent_events(&self, customer: &str, limit: u32) -> Result<Vec<StoredEvent>>;
 
-    /// Enrollment timers due at or before `now`, earliest first.
-    async fn due_timers(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<DueTimer>>;
+    /// Enrollment timers due at or before `now`, in `(at, enrollment)` order, after
+    /// `after` (the last one of the previous batch, `None` for the earliest): the timer
+    /// loop walks the wake index batch by batch without reading again the timers it has
+    /// in hand, even when a million of them share one wake time.
+    async fn due_timers(
+        &self,
+        now: DateTime<Utc>,
+        after: Option<&DueTimer>,
+        limit: u32,
+    ) -> Result<Vec<DueTimer>>;
 
-    /// Claims up to `limit` outbox rows due at `now`; each stays claimed for `lease`, after
-    /// which an unfinished claim may be taken again.
+    /// Claims up to `limit` outbox rows due at `now`, leaving alone those on the `busy`
+    /// channels (so that one slow provider cannot fill the dispatcher with messages it is
+    /// not ready for). Each stays claimed for `lease`, after which an unfinished claim may
+    /// be taken again.
     async fn claim_outbox(
         &self,
         now: DateTime<Utc>,
         lease: chrono::TimeDelta,
         limit: u32,
+        busy: &[String],
     ) -> Result<Vec<OutboxMessage>>;
+
+    /// Makes due at `now` every pending message due within one `lease` of it: the claims
+    /// of a daemon that is gone, and retries that were close anyway. Only a daemon alone
+    /// on its database may call this, when it starts, so that deliveries a crash cut off
+    /// go out at once rather than when their leases run out. Returns how many.
+    async fn release_claims(&self, now: DateTime<Utc>, lease: chrono::TimeDelta) -> Result<u64>;
 
     /// The provider accepted the message.
     async fn outbox_sent(
@@ -263,6 +309,19 @@ pub trait Store: Send + Sync + 'static {
         provider_id: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<()>;
+
+    /// [`Store::outbox_sent`] for many messages, `(idempotency key, provider id)`. The
+    /// default records them concurrently, each on its own.
+    async fn outbox_sent_many(
+        &self,
+        sent: &[(&str, Option<&str>)],
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        join_all(sent.iter().map(|(key, id)| self.outbox_sent(key, *id, now)))
+            .await
+            .into_iter()
+            .collect()
+    }
 
     /// Delivery failed for now; try again at `next_attempt_at`.
     async fn outbox_retry(

@@ -77,6 +77,11 @@ fn migrator() -> Migrator {
             "settings",
             include_str!("../migrations/postgres/0003_settings.sql"),
         ),
+        (
+            4,
+            "wake_index",
+            include_str!("../migrations/postgres/0004_wake_index.sql"),
+        ),
     ])
 }
 
@@ -370,16 +375,15 @@ impl Store for PostgresStore {
         rows.iter().map(tables::stored_event).collect()
     }
 
-    async fn due_timers(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<DueTimer>> {
-        let rows = sqlx::query(
-            "SELECT customer, id, wake_at FROM enrollments
-             WHERE wake_at IS NOT NULL AND wake_at <= $1 AND status = 'active'
-             ORDER BY wake_at LIMIT $2",
-        )
-        .bind(nanos(now))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
+    async fn due_timers(
+        &self,
+        now: DateTime<Utc>,
+        after: Option<&DueTimer>,
+        limit: u32,
+    ) -> Result<Vec<DueTimer>> {
+        let rows = tables::due_timers(now, after, limit)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(tables::due_timer).collect()
     }
 
@@ -388,11 +392,12 @@ impl Store for PostgresStore {
         now: DateTime<Utc>,
         lease: chrono::TimeDelta,
         limit: u32,
+        busy: &[String],
     ) -> Result<Vec<OutboxMessage>> {
         let rows = sqlx::query(
             "WITH due AS MATERIALIZED (
                  SELECT idempotency_key FROM outbox
-                 WHERE status = 'pending' AND next_attempt_at <= $2
+                 WHERE status = 'pending' AND next_attempt_at <= $2 AND channel <> ALL($4)
                  ORDER BY next_attempt_at LIMIT $3
                  FOR UPDATE SKIP LOCKED)
              UPDATE outbox SET attempts = outbox.attempts + 1, next_attempt_at = $1
@@ -402,9 +407,17 @@ impl Store for PostgresStore {
         .bind(nanos(now + lease))
         .bind(nanos(now))
         .bind(i64::from(limit))
+        .bind(busy)
         .fetch_all(&self.pool)
         .await?;
         tables::claimed(&rows)
+    }
+
+    async fn release_claims(&self, now: DateTime<Utc>, lease: chrono::TimeDelta) -> Result<u64> {
+        let released = tables::release_claims(now, lease)
+            .execute(&self.pool)
+            .await?;
+        Ok(released.rows_affected())
     }
 
     async fn outbox_sent(

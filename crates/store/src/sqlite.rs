@@ -14,18 +14,20 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::Row;
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, Transaction};
-use waymark_scheduler::{Effect, Enrollment};
 
 use crate::codec::{MAX_ALIAS_HOPS, instant, json_text, nanos, strings};
 use crate::{
     Commit, Customer, DEDUP_WINDOW, Depths, DueTimer, Error, Ingested, JourneyCounts,
     LoggedMessage, NewEvent, OutboxMessage, Result, SentRef, Store, StoredEvent, tables,
 };
+
+mod batch;
 
 /// The embedded store.
 #[derive(Debug, Clone)]
@@ -51,6 +53,11 @@ fn migrator() -> Migrator {
             3,
             "settings",
             include_str!("../migrations/sqlite/0003_settings.sql"),
+        ),
+        (
+            4,
+            "wake_index",
+            include_str!("../migrations/sqlite/0004_wake_index.sql"),
         ),
     ])
 }
@@ -84,10 +91,13 @@ impl SqliteStore {
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
         let setup = |e: sqlx::Error| Error::Setup(e.to_string());
+        // The writer touches every table's indexes at random customers: a page cache
+        // (64 MB rather than SQLite's 2 MB) that holds their upper levels spares it a
+        // read from the file for most rows.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
-            .connect_with(options.clone())
+            .connect_with(options.clone().pragma("cache_size", "-65536"))
             .await
             .map_err(setup)?;
         migrator()
@@ -130,21 +140,102 @@ impl SqliteStore {
     }
 }
 
-async fn save_enrollment(
-    tx: &mut Transaction<'static, Sqlite>,
-    customer: &str,
-    ord: usize,
-    e: &Enrollment,
-) -> Result<()> {
-    tables::save_enrollment(customer, ord, e)
-        .execute(&mut **tx)
+/// Writes one commit's rows on `tx`, the writer inside a transaction; see
+/// [`Store::commit`]. A refusal ([`Error::Conflict`], [`Error::Handled`]) may come after
+/// some of its rows were written: the caller rolls back.
+async fn write_commit(tx: &mut SqliteConnection, commit: Commit<'_>) -> Result<()> {
+    let profile = &commit.state.profile;
+    if let Some(seq) = commit.event {
+        let done = sqlx::query(
+            "UPDATE events SET processed = 1, customer = ? WHERE seq = ? AND processed = 0",
+        )
+        .bind(&profile.id)
+        .bind(seq)
+        .execute(&mut *tx)
         .await?;
-    Ok(())
-}
+        if done.rows_affected() == 0 {
+            return Err(Error::Handled(seq));
+        }
+    }
+    let now = nanos(commit.now);
+    let saved = if commit.revision == 0 {
+        sqlx::query(
+            "INSERT INTO profiles (id, traits, segments, enrollment_seq, revision, updated_at)
+             VALUES (?, ?, ?, ?, 1, ?) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&profile.id)
+        .bind(json_text(&profile.traits))
+        .bind(json_text(&profile.segments))
+        .bind(i64::try_from(profile.enrollment_seq).unwrap_or(i64::MAX))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+    } else {
+        sqlx::query(
+            "UPDATE profiles SET traits = ?, segments = ?, enrollment_seq = ?,
+                 revision = revision + 1, updated_at = ?
+             WHERE id = ? AND revision = ? AND merged_into IS NULL",
+        )
+        .bind(json_text(&profile.traits))
+        .bind(json_text(&profile.segments))
+        .bind(i64::try_from(profile.enrollment_seq).unwrap_or(i64::MAX))
+        .bind(now)
+        .bind(&profile.id)
+        .bind(commit.revision)
+        .execute(&mut *tx)
+        .await?
+    };
+    if saved.rows_affected() == 0 {
+        return Err(Error::Conflict(profile.id.clone()));
+    }
 
-async fn save_effect(tx: &mut Transaction<'static, Sqlite>, effect: &Effect) -> Result<()> {
-    for statement in tables::record_effect(effect) {
-        statement.execute(&mut **tx).await?;
+    if let Some((other, revision)) = commit.merged {
+        let redirected = if revision == 0 {
+            sqlx::query(
+                "INSERT INTO profiles (id, merged_into, updated_at) VALUES (?, ?, ?)
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(other)
+            .bind(&profile.id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+        } else {
+            sqlx::query(
+                "UPDATE profiles SET merged_into = ?, revision = revision + 1, updated_at = ?
+                 WHERE id = ? AND revision = ? AND merged_into IS NULL",
+            )
+            .bind(&profile.id)
+            .bind(now)
+            .bind(other)
+            .bind(revision)
+            .execute(&mut *tx)
+            .await?
+        };
+        if redirected.rows_affected() == 0 {
+            return Err(Error::Conflict(other.to_owned()));
+        }
+        // Unhandled inbox events keep their address: they are resolved when handled.
+        for table in [
+            "UPDATE events SET customer = ? WHERE customer = ? AND processed = 1",
+            "UPDATE message_log SET customer = ? WHERE customer = ?",
+            "UPDATE outbox SET customer = ? WHERE customer = ?",
+        ] {
+            sqlx::query(table)
+                .bind(&profile.id)
+                .bind(other)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+
+    for (ord, e) in commit.state.enrollments.iter().enumerate() {
+        tables::save_enrollment(&profile.id, ord, e)
+            .execute(&mut *tx)
+            .await?;
+    }
+    for statement in commit.effects.iter().flat_map(tables::record_effect) {
+        statement.execute(&mut *tx).await?;
     }
     Ok(())
 }
@@ -153,6 +244,33 @@ async fn save_effect(tx: &mut Transaction<'static, Sqlite>, effect: &Effect) -> 
 impl Store for SqliteStore {
     async fn resolve(&self, id: &str) -> Result<String> {
         self.resolve_in(id).await
+    }
+
+    async fn resolve_many(&self, ids: &[String]) -> Vec<Result<String>> {
+        match batch::resolve_many(self, ids).await {
+            Ok(resolved) => resolved,
+            // Database trouble: one by one, so that each id gets its own result.
+            Err(_) => {
+                let mut resolved = Vec::with_capacity(ids.len());
+                for id in ids {
+                    resolved.push(self.resolve_in(id).await);
+                }
+                resolved
+            }
+        }
+    }
+
+    async fn load_many(&self, ids: &[String]) -> Vec<Result<Customer>> {
+        match batch::load_many(self, ids).await {
+            Ok(customers) => customers,
+            Err(_) => {
+                let mut customers = Vec::with_capacity(ids.len());
+                for id in ids {
+                    customers.push(self.load_customer(id).await);
+                }
+                customers
+            }
+        }
     }
 
     async fn load_customer(&self, id: &str) -> Result<Customer> {
@@ -190,100 +308,45 @@ impl Store for SqliteStore {
     }
 
     async fn commit(&self, commit: Commit<'_>) -> Result<()> {
-        let profile = &commit.state.profile;
         let mut tx = self.writer.begin().await?;
-        if let Some(seq) = commit.event {
-            let done = sqlx::query(
-                "UPDATE events SET processed = 1, customer = ? WHERE seq = ? AND processed = 0",
-            )
-            .bind(&profile.id)
-            .bind(seq)
-            .execute(&mut *tx)
-            .await?;
-            if done.rows_affected() == 0 {
-                return Err(Error::Handled(seq));
+        match write_commit(&mut tx, commit).await {
+            Ok(()) => Ok(tx.commit().await?),
+            Err(refused) => {
+                tx.rollback().await?;
+                Err(refused)
             }
         }
-        let now = nanos(commit.now);
-        let saved = if commit.revision == 0 {
-            sqlx::query(
-                "INSERT INTO profiles (id, traits, segments, enrollment_seq, revision, updated_at)
-                 VALUES (?, ?, ?, ?, 1, ?) ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(&profile.id)
-            .bind(json_text(&profile.traits))
-            .bind(json_text(&profile.segments))
-            .bind(i64::try_from(profile.enrollment_seq).unwrap_or(i64::MAX))
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-        } else {
-            sqlx::query(
-                "UPDATE profiles SET traits = ?, segments = ?, enrollment_seq = ?,
-                     revision = revision + 1, updated_at = ?
-                 WHERE id = ? AND revision = ? AND merged_into IS NULL",
-            )
-            .bind(json_text(&profile.traits))
-            .bind(json_text(&profile.segments))
-            .bind(i64::try_from(profile.enrollment_seq).unwrap_or(i64::MAX))
-            .bind(now)
-            .bind(&profile.id)
-            .bind(commit.revision)
-            .execute(&mut *tx)
-            .await?
-        };
-        if saved.rows_affected() == 0 {
-            return Err(Error::Conflict(profile.id.clone()));
-        }
+    }
 
-        if let Some((other, revision)) = commit.merged {
-            let redirected = if revision == 0 {
-                sqlx::query(
-                    "INSERT INTO profiles (id, merged_into, updated_at) VALUES (?, ?, ?)
-                     ON CONFLICT (id) DO NOTHING",
-                )
-                .bind(other)
-                .bind(&profile.id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?
-            } else {
-                sqlx::query(
-                    "UPDATE profiles SET merged_into = ?, revision = revision + 1, updated_at = ?
-                     WHERE id = ? AND revision = ? AND merged_into IS NULL",
-                )
-                .bind(&profile.id)
-                .bind(now)
-                .bind(other)
-                .bind(revision)
-                .execute(&mut *tx)
-                .await?
-            };
-            if redirected.rows_affected() == 0 {
-                return Err(Error::Conflict(other.to_owned()));
-            }
-            // Unhandled inbox events keep their address: they are resolved when handled.
-            for table in [
-                "UPDATE events SET customer = ? WHERE customer = ? AND processed = 1",
-                "UPDATE message_log SET customer = ? WHERE customer = ?",
-                "UPDATE outbox SET customer = ? WHERE customer = ?",
-            ] {
-                sqlx::query(table)
-                    .bind(&profile.id)
-                    .bind(other)
-                    .execute(&mut *tx)
-                    .await?;
+    /// One transaction for the batch; see [`batch::commit_pass`]. A refusal found after
+    /// the refused commit wrote rows (an event handled meanwhile, which is rare) rolls the
+    /// transaction back, and the batch is written again without it.
+    async fn commit_many(&self, commits: &[Commit<'_>]) -> Vec<Result<()>> {
+        let mut refused: Vec<Option<Error>> = commits.iter().map(|_| None).collect();
+        let mut committed = false;
+        if commits.len() > 1 {
+            for _ in 0..commits.len() {
+                match batch::commit_pass(self, commits, &mut refused).await {
+                    Ok(batch::Pass::Committed) => {
+                        committed = true;
+                        break;
+                    }
+                    Ok(batch::Pass::Again) => {}
+                    Err(_) => break,
+                }
             }
         }
-
-        for (ord, e) in commit.state.enrollments.iter().enumerate() {
-            save_enrollment(&mut tx, &profile.id, ord, e).await?;
+        let mut results = Vec::with_capacity(commits.len());
+        for (commit, refusal) in commits.iter().zip(refused) {
+            results.push(match refusal {
+                Some(refusal) => Err(refusal),
+                None if committed => Ok(()),
+                // Database trouble (or a lone commit): one transaction each, so that every
+                // commit gets its own result.
+                None => self.commit(*commit).await,
+            });
         }
-        for effect in commit.effects {
-            save_effect(&mut tx, effect).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        results
     }
 
     async fn ingest_event(&self, event: &NewEvent, now: DateTime<Utc>) -> Result<Ingested> {
@@ -315,6 +378,20 @@ impl Store for SqliteStore {
         Ok(Ingested::Accepted(seq))
     }
 
+    async fn ingest_many(&self, events: &[NewEvent], now: DateTime<Utc>) -> Vec<Result<Ingested>> {
+        if events.len() > 1
+            && let Ok(results) = batch::ingest_many(self, events, now).await
+        {
+            return results;
+        }
+        // One transaction each, so that a failure belongs to its own event.
+        let mut results = Vec::with_capacity(events.len());
+        for event in events {
+            results.push(self.ingest_event(event, now).await);
+        }
+        results
+    }
+
     async fn inbox(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>> {
         let rows = sqlx::query(
             "SELECT seq, customer, name, at, properties, message_id, processed FROM events
@@ -340,16 +417,15 @@ impl Store for SqliteStore {
         rows.iter().map(tables::stored_event).collect()
     }
 
-    async fn due_timers(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<DueTimer>> {
-        let rows = sqlx::query(
-            "SELECT customer, id, wake_at FROM enrollments
-             WHERE wake_at IS NOT NULL AND wake_at <= ? AND status = 'active'
-             ORDER BY wake_at LIMIT ?",
-        )
-        .bind(nanos(now))
-        .bind(i64::from(limit))
-        .fetch_all(&self.reader)
-        .await?;
+    async fn due_timers(
+        &self,
+        now: DateTime<Utc>,
+        after: Option<&DueTimer>,
+        limit: u32,
+    ) -> Result<Vec<DueTimer>> {
+        let rows = tables::due_timers(now, after, limit)
+            .fetch_all(&self.reader)
+            .await?;
         rows.iter().map(tables::due_timer).collect()
     }
 
@@ -358,21 +434,31 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
         lease: chrono::TimeDelta,
         limit: u32,
+        busy: &[String],
     ) -> Result<Vec<OutboxMessage>> {
         let rows = sqlx::query(
             "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?
              WHERE idempotency_key IN (
                  SELECT idempotency_key FROM outbox
                  WHERE status = 'pending' AND next_attempt_at <= ?
+                     AND channel NOT IN (SELECT value FROM json_each(?))
                  ORDER BY next_attempt_at LIMIT ?)
              RETURNING *",
         )
         .bind(nanos(now + lease))
         .bind(nanos(now))
+        .bind(json_text(&busy))
         .bind(i64::from(limit))
         .fetch_all(&self.writer)
         .await?;
         tables::claimed(&rows)
+    }
+
+    async fn release_claims(&self, now: DateTime<Utc>, lease: chrono::TimeDelta) -> Result<u64> {
+        let released = tables::release_claims(now, lease)
+            .execute(&self.writer)
+            .await?;
+        Ok(released.rows_affected())
     }
 
     async fn outbox_sent(
@@ -391,6 +477,14 @@ impl Store for SqliteStore {
         .execute(&self.writer)
         .await?;
         Ok(())
+    }
+
+    async fn outbox_sent_many(
+        &self,
+        sent: &[(&str, Option<&str>)],
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        batch::outbox_sent_many(self, sent, now).await
     }
 
     async fn outbox_retry(

@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use sqlx::query::Query;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Row, Type};
 use waymark_journey::StepIdx;
@@ -274,6 +275,45 @@ pub(crate) fn stored_event(row: &impl Columns) -> Result<StoredEvent> {
         message_id: row.opt_text("message_id")?,
         processed: row.flag("processed")?,
     })
+}
+
+/// Due timers in `(wake_at, id)` order after `after`: the row value seeks straight into
+/// the `(wake_at, id)` index, however many timers share one wake time.
+pub(crate) fn due_timers<DB: Database>(
+    now: DateTime<Utc>,
+    after: Option<&DueTimer>,
+    limit: u32,
+) -> Statement<DB>
+where
+    Statement<DB>: Params,
+{
+    sqlx::query(
+        "SELECT customer, id, wake_at FROM enrollments
+         WHERE wake_at IS NOT NULL AND wake_at <= $1 AND status = 'active'
+             AND (wake_at, id) > ($2, $3)
+         ORDER BY wake_at, id LIMIT $4",
+    )
+    .int(nanos(now))
+    .int(after.map_or(i64::MIN, |t| nanos(t.at)))
+    .text(after.map_or("", |t| t.enrollment.as_str()))
+    .int(i64::from(limit))
+}
+
+/// Makes due at `now` the pending messages due within `lease` of it; see
+/// [`crate::Store::release_claims`].
+pub(crate) fn release_claims<DB: Database>(
+    now: DateTime<Utc>,
+    lease: chrono::TimeDelta,
+) -> Statement<DB>
+where
+    Statement<DB>: Params,
+{
+    sqlx::query(
+        "UPDATE outbox SET next_attempt_at = $1
+         WHERE status = 'pending' AND next_attempt_at > $1 AND next_attempt_at <= $2",
+    )
+    .int(nanos(now))
+    .int(nanos(now + lease))
 }
 
 /// From `customer`, `id` and `wake_at` of an `enrollments` row.

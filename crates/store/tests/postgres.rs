@@ -124,7 +124,7 @@ async fn two_replicas_claiming_at_once_never_get_the_same_message() {
                 let mut keys = Vec::new();
                 loop {
                     let batch = store
-                        .claim_outbox(t0(), TimeDelta::minutes(1), 2)
+                        .claim_outbox(t0(), TimeDelta::minutes(1), 2, &[])
                         .await
                         .unwrap();
                     if batch.is_empty() {
@@ -160,12 +160,12 @@ async fn a_claim_skips_messages_another_replica_is_claiming_instead_of_waiting()
                 .await
                 .unwrap();
         let lease = TimeDelta::minutes(1);
-        let claimed = guarded.claim_outbox(t0(), lease, 10).await.unwrap();
+        let claimed = guarded.claim_outbox(t0(), lease, 10, &[]).await.unwrap();
         assert_eq!(claimed.len(), 1);
         assert_eq!(claimed[0].customer, "c01");
 
         claiming.rollback().await.unwrap();
-        let claimed = guarded.claim_outbox(t0(), lease, 10).await.unwrap();
+        let claimed = guarded.claim_outbox(t0(), lease, 10, &[]).await.unwrap();
         assert_eq!(claimed.len(), 1);
         assert_eq!(claimed[0].customer, "c00");
         guarded.close().await;

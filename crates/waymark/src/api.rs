@@ -19,7 +19,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
-use waymark_scheduler::{Effect, EnrollError, Event};
+use waymark_scheduler::{Effect, EnrollError};
 use waymark_store::{Error as StoreError, Ingested, NewEvent};
 
 use crate::callbacks;
@@ -320,34 +320,10 @@ fn parse_alias(f: &Fields<'_>) -> Result<Call, ApiError> {
 
 async fn apply(daemon: &Arc<Daemon>, call: Call) -> Result<Value, ApiError> {
     match call {
-        Call::Track(event) => {
-            let now = daemon.clock.now();
-            match daemon.store.ingest_event(&event, now).await? {
-                Ingested::Duplicate => {
-                    daemon
-                        .metrics
-                        .events_duplicate
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    Ok(json!({"success": true, "duplicate": true}))
-                }
-                Ingested::Accepted(seq) => {
-                    daemon
-                        .metrics
-                        .events_ingested
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let stored = Event {
-                        name: event.name,
-                        at: event.at,
-                        properties: event.properties,
-                    };
-                    // Stored already: if it cannot be queued now, the inbox sweep will.
-                    if let Err(e) = daemon.submit_event(&event.customer, seq, stored).await {
-                        tracing::warn!(error = %e, seq, "event stored but not queued yet");
-                    }
-                    Ok(json!({"success": true}))
-                }
-            }
-        }
+        Call::Track(event) => match daemon.ingest(event).await? {
+            Ingested::Duplicate => Ok(json!({"success": true, "duplicate": true})),
+            Ingested::Accepted(_) => Ok(json!({"success": true})),
+        },
         Call::Identify {
             user,
             anonymous,

@@ -82,9 +82,25 @@ pub fn default_registry() -> Registry {
         .with(waymark_channel_push::FcmKind::default())
 }
 
+/// How many deliveries a channel has in flight at most, unless its section says
+/// `concurrency: N`: enough to keep a provider's API busy without tripping its rate limits.
+pub const DEFAULT_CONCURRENCY: usize = 8;
+
+/// The daemon's own keys in a channel section, taken out before the kind validates the
+/// rest.
+const DAEMON_KEYS: &[&str] = &["concurrency"];
+
+/// A configured channel.
+struct Built {
+    channel: Arc<dyn Channel>,
+    /// The profile trait holding a customer's address on it.
+    address: Option<String>,
+    concurrency: usize,
+}
+
 /// The daemon's channels by name, with the address trait each reaches customers through.
 pub struct Channels {
-    built: BTreeMap<String, (Arc<dyn Channel>, Option<String>)>,
+    built: BTreeMap<String, Built>,
     /// Without a config file every channel name is a `log` channel, built on first use.
     log_fallback: Option<Arc<dyn Channel>>,
 }
@@ -101,14 +117,26 @@ impl Channels {
     ) -> Result<Channels, ConfigError> {
         let mut built = BTreeMap::new();
         for (name, section) in config {
-            let (channel, address) = registry.build(name, section)?;
+            let concurrency = concurrency(name, section)?;
+            let mut section = section.clone();
+            if let Some(map) = section.as_object_mut() {
+                map.retain(|key, _| !DAEMON_KEYS.contains(&key.as_str()));
+            }
+            let (channel, address) = registry.build(name, &section)?;
             let is_log = section.get("kind").and_then(|k| k.as_str()) == Some("log");
             let address = if is_log {
                 waymark_journey::address_trait(name)
             } else {
                 address
             };
-            built.insert(name.clone(), (channel, address.map(str::to_owned)));
+            built.insert(
+                name.clone(),
+                Built {
+                    channel,
+                    address: address.map(str::to_owned),
+                    concurrency,
+                },
+            );
         }
         Ok(Channels {
             built,
@@ -119,8 +147,25 @@ impl Channels {
     pub fn get(&self, name: &str) -> Option<Arc<dyn Channel>> {
         self.built
             .get(name)
-            .map(|(c, _)| c.clone())
+            .map(|b| b.channel.clone())
             .or_else(|| self.log_fallback.clone())
+    }
+
+    /// How many deliveries the channel may have in flight at once.
+    pub fn concurrency(&self, name: &str) -> usize {
+        self.built
+            .get(name)
+            .map_or(DEFAULT_CONCURRENCY, |b| b.concurrency)
+    }
+
+    /// The configured channels' names.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.built.keys().map(String::as_str)
+    }
+
+    /// Without a config file every channel name is a `log` channel.
+    pub fn accepts_any(&self) -> bool {
+        self.log_fallback.is_some()
     }
 
     pub fn is_known(&self, name: &str) -> bool {
@@ -131,9 +176,26 @@ impl Channels {
 impl ChannelDirectory for Channels {
     fn address_trait(&self, channel: &str) -> Option<&str> {
         match self.built.get(channel) {
-            Some((_, address)) => address.as_deref(),
+            Some(built) => built.address.as_deref(),
             None => waymark_journey::address_trait(channel),
         }
+    }
+}
+
+/// A section's `concurrency`, checked.
+fn concurrency(name: &str, section: &serde_json::Value) -> Result<usize, ConfigError> {
+    match section.get("concurrency") {
+        None => Ok(DEFAULT_CONCURRENCY),
+        Some(value) => value
+            .as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| ConfigError {
+                channel: name.to_owned(),
+                message: format!(
+                    "`concurrency` is the most deliveries in flight at once, a whole number of at least 1, not {value}"
+                ),
+            }),
     }
 }
 
@@ -198,5 +260,29 @@ mod registry_tests {
                 "whatsapp"
             ]
         );
+    }
+
+    /// `concurrency` is the daemon's key: taken out before the kind (which refuses
+    /// unknown keys) sees the section, and checked.
+    #[test]
+    fn concurrency_is_read_and_checked_before_the_kind_sees_the_section() {
+        let registry = super::default_registry();
+        let config = |section| std::collections::BTreeMap::from([("crm".to_owned(), section)]);
+        let webhook = json!({"kind": "webhook", "url": "https://crm.example/tasks", "secret": "s"});
+        let mut limited = webhook.clone();
+        limited["concurrency"] = json!(3);
+        let channels = super::Channels::build(&registry, &config(limited), false).unwrap();
+        assert_eq!(channels.concurrency("crm"), 3);
+        let channels = super::Channels::build(&registry, &config(webhook.clone()), false).unwrap();
+        assert_eq!(channels.concurrency("crm"), super::DEFAULT_CONCURRENCY);
+        for bad in [json!(0), json!(-1), json!("many"), json!(2.5)] {
+            let mut section = webhook.clone();
+            section["concurrency"] = bad.clone();
+            let error = super::Channels::build(&registry, &config(section), false)
+                .err()
+                .unwrap_or_else(|| panic!("concurrency {bad} accepted"));
+            assert_eq!(error.channel, "crm");
+            assert!(error.message.contains("`concurrency`"), "{}", error.message);
+        }
     }
 }

@@ -7,6 +7,11 @@
 //! refuses a state another writer changed meanwhile, and the input is then applied again
 //! on the fresh state, which keeps replicas (and aliased ids that raced onto two queues)
 //! from overwriting each other.
+//!
+//! Customers' inputs run side by side, and their store work is grouped ([`Batcher`]): the
+//! loads of the customers in flight are read together and their commits written in one
+//! transaction, so the cost of a durable write is shared by everyone in the batch. A
+//! caller still hears back only after its own commit is durable.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -14,30 +19,30 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
-use waymark_channel::{DeliveryError, OutboundMessage};
 use waymark_journey::{Diagnostic, Trigger, Workspace};
-use waymark_scheduler::{Clock, Effect, Engine, EnrollError, Event, SendOutcome};
-use waymark_store::{Commit, Error as StoreError, OutboxMessage, Store};
+use waymark_scheduler::{Clock, CustomerState, Effect, Engine, EnrollError, Event, SendOutcome};
+use waymark_store::{Commit, Customer, DueTimer, Error as StoreError, Ingested, NewEvent, Store};
 
+use crate::batch::{Batcher, IoThread};
 use crate::channels::Channels;
 use crate::config::Config;
-use crate::links::{LinkTarget, Links};
+use crate::dispatch::Slot;
+use crate::links::Links;
 use crate::metrics::Metrics;
 
 /// How often one input is re-applied after a concurrent change before giving up.
 const MAX_CONFLICTS: usize = 8;
-/// Delivery attempts before a retryable failure becomes a permanent one.
-pub const MAX_DELIVERY_ATTEMPTS: u32 = 10;
-/// How long a claimed outbox row stays claimed on a database other daemons share: longer
-/// than any delivery may take.
-pub const LEASE: TimeDelta = TimeDelta::seconds(120);
-/// A provider call that takes longer than this is abandoned and retried.
-const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 const TIMER_POLL: Duration = Duration::from_millis(200);
-const OUTBOX_POLL: Duration = Duration::from_millis(500);
+/// Due timers read from the wake index at a time.
+const TIMER_BATCH: u32 = 512;
+/// Timers queued or being handled at most: enough to fill several commit batches, few
+/// enough that their loaded customers take little memory.
+const TIMERS_IN_FLIGHT: usize = 4096;
+/// The most loads, commits, accepted events, ... one store call takes.
+const STORE_BATCH: usize = 512;
 /// Every so often the inbox is swept for events whose handling failed (database
 /// trouble), and schedule ticks are checked.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
@@ -97,6 +102,31 @@ struct Job {
     reply: Option<oneshot::Sender<Result<Applied, ApplyError>>>,
 }
 
+/// An input's outcome on its way to the store, owned so that it can join a commit batch.
+struct Outcome {
+    state: CustomerState,
+    revision: i64,
+    effects: Vec<Effect>,
+    event: Option<i64>,
+    merged: Option<(String, i64)>,
+    now: DateTime<Utc>,
+}
+
+impl Outcome {
+    fn commit(&self) -> Commit<'_> {
+        Commit {
+            state: &self.state,
+            revision: self.revision,
+            effects: &self.effects,
+            event: self.event,
+            merged: self.merged.as_ref().map(|(id, rev)| (id.as_str(), *rev)),
+            now: self.now,
+        }
+    }
+}
+
+type StoreResult<T> = Result<T, StoreError>;
+
 pub struct Daemon {
     pub store: Arc<dyn Store>,
     engine: RwLock<Engine>,
@@ -109,19 +139,37 @@ pub struct Daemon {
     /// twice.
     events_in_flight: Mutex<HashSet<i64>>,
     timers_in_flight: Mutex<HashSet<String>>,
+    /// Woken when a timer has been handled, so the timer loop can queue more.
+    timers_done: Notify,
     /// Woken when a commit put messages in the outbox.
-    outbox_ready: Notify,
+    pub(crate) outbox_ready: Notify,
     /// Woken when the last customer queue empties.
     idle: Notify,
     /// Unsubscribe and tracking links; `None` until a link secret is known.
     pub links: Option<Links>,
+    /// Group commit: the store work of many customers, one call per batch.
+    resolver: Batcher<String, StoreResult<String>>,
+    loader: Batcher<String, StoreResult<Customer>>,
+    committer: Batcher<Outcome, (Outcome, StoreResult<()>)>,
+    ingester: Batcher<NewEvent, (NewEvent, StoreResult<Ingested>)>,
+    /// Messages a provider accepted: `(idempotency key, provider id)`; answers whether
+    /// the record was written.
+    pub(crate) delivered: Batcher<(String, Option<String>), bool>,
+    /// Where the batchers run; declared after them, so it outlives them.
+    _io: IoThread,
+    /// Per channel: deliveries in flight and claimed messages waiting for one.
+    pub(crate) slots: Mutex<HashMap<String, Arc<Slot>>>,
+    /// Woken when a delivery finished, so the dispatcher can claim more.
+    pub(crate) delivery_done: Notify,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Daemon {
+    /// A daemon on `store`. Starts the tasks that group store work, so it must be called
+    /// within a Tokio runtime.
     pub fn new(
         store: Arc<dyn Store>,
         engine: Engine,
@@ -129,6 +177,52 @@ impl Daemon {
         clock: Arc<dyn Clock>,
         config: Config,
     ) -> Arc<Daemon> {
+        let io = IoThread::start();
+        let resolver = batcher(&io, &store, |store, ids: Vec<String>| async move {
+            store.resolve_many(&ids).await
+        });
+        let loader = batcher(&io, &store, |store, ids: Vec<String>| async move {
+            store.load_many(&ids).await
+        });
+        let committer = batcher(&io, &store, |store, outcomes: Vec<Outcome>| async move {
+            let results = {
+                let commits: Vec<Commit<'_>> = outcomes.iter().map(Outcome::commit).collect();
+                store.commit_many(&commits).await
+            };
+            outcomes.into_iter().zip(results).collect()
+        });
+        let ingest_clock = clock.clone();
+        let ingester = batcher(&io, &store, move |store, events: Vec<NewEvent>| {
+            let now = ingest_clock.now();
+            async move {
+                let results = store.ingest_many(&events, now).await;
+                events.into_iter().zip(results).collect()
+            }
+        });
+        let delivered_clock = clock.clone();
+        let delivered = batcher(
+            &io,
+            &store,
+            move |store, sent: Vec<(String, Option<String>)>| {
+                let now = delivered_clock.now();
+                async move {
+                    let refs: Vec<(&str, Option<&str>)> = sent
+                        .iter()
+                        .map(|(k, p)| (k.as_str(), p.as_deref()))
+                        .collect();
+                    let recorded = match store.outbox_sent_many(&refs, now).await {
+                        Ok(()) => true,
+                        Err(e) => {
+                            // The leases run out and the messages are claimed again: possible
+                            // second sends, the one window the outbox cannot close.
+                            tracing::error!(error = %e, messages = sent.len(), "cannot record deliveries");
+                            false
+                        }
+                    };
+                    vec![recorded; sent.len()]
+                }
+            },
+        );
         Arc::new(Daemon {
             store,
             engine: RwLock::new(engine),
@@ -138,6 +232,7 @@ impl Daemon {
             queues: Mutex::new(HashMap::new()),
             events_in_flight: Mutex::new(HashSet::new()),
             timers_in_flight: Mutex::new(HashSet::new()),
+            timers_done: Notify::new(),
             outbox_ready: Notify::new(),
             idle: Notify::new(),
             links: config
@@ -145,7 +240,63 @@ impl Daemon {
                 .as_deref()
                 .map(|secret| Links::new(&config.public_base(), secret, config.tracking)),
             config,
+            resolver,
+            loader,
+            committer,
+            ingester,
+            delivered,
+            _io: io,
+            slots: Mutex::new(HashMap::new()),
+            delivery_done: Notify::new(),
         })
+    }
+
+    /// The profile id `id` lives under, resolved in a batch with others.
+    async fn resolve(&self, id: &str) -> Result<String, ApplyError> {
+        Ok(self
+            .resolver
+            .call(id.to_owned())
+            .await
+            .ok_or(ApplyError::Closed)??)
+    }
+
+    /// The customer `id`, loaded in a batch with others.
+    async fn load(&self, id: &str) -> Result<Customer, ApplyError> {
+        Ok(self
+            .loader
+            .call(id.to_owned())
+            .await
+            .ok_or(ApplyError::Closed)??)
+    }
+
+    /// Accepts an event: durable when this returns (written in one transaction with the
+    /// others arriving meanwhile), then queued for its customer.
+    ///
+    /// # Errors
+    /// The store could not take it.
+    pub async fn ingest(self: &Arc<Self>, event: NewEvent) -> Result<Ingested, ApplyError> {
+        let (event, ingested) = self.ingester.call(event).await.ok_or(ApplyError::Closed)?;
+        let ingested = ingested?;
+        match ingested {
+            Ingested::Duplicate => {
+                self.metrics
+                    .events_duplicate
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Ingested::Accepted(seq) => {
+                self.metrics.events_ingested.fetch_add(1, Ordering::Relaxed);
+                let stored = Event {
+                    name: event.name,
+                    at: event.at,
+                    properties: event.properties,
+                };
+                // Stored already: if it cannot be queued now, the inbox sweep will.
+                if let Err(e) = self.submit_event(&event.customer, seq, stored).await {
+                    tracing::warn!(error = %e, seq, "event stored but not queued yet");
+                }
+            }
+        }
+        Ok(ingested)
     }
 
     /// Runs `f` with the engine; never across an await.
@@ -158,7 +309,7 @@ impl Daemon {
     /// # Errors
     /// The id cannot be resolved (database trouble).
     pub async fn submit(self: &Arc<Self>, customer: &str, input: Input) -> Result<(), ApplyError> {
-        let key = self.store.resolve(customer).await?;
+        let key = self.resolve(customer).await?;
         self.enqueue(key, Job { input, reply: None });
         Ok(())
     }
@@ -172,7 +323,7 @@ impl Daemon {
         customer: &str,
         input: Input,
     ) -> Result<Applied, ApplyError> {
-        let key = self.store.resolve(customer).await?;
+        let key = self.resolve(customer).await?;
         let (tx, rx) = oneshot::channel();
         self.enqueue(
             key,
@@ -228,6 +379,7 @@ impl Daemon {
                 }
                 Input::Timer { enrollment, .. } => {
                     lock(&self.timers_in_flight).remove(enrollment);
+                    self.timers_done.notify_one();
                 }
                 _ => {}
             }
@@ -245,12 +397,12 @@ impl Daemon {
     /// load -> engine -> commit, again on a concurrent change.
     async fn apply(&self, key: &str, input: &Input) -> Result<Applied, ApplyError> {
         for _ in 0..MAX_CONFLICTS {
-            let mut customer = self.store.load_customer(key).await?;
+            let mut customer = self.load(key).await?;
             let mut other = None;
             if let Input::Alias { previous } = input {
-                let previous = self.store.resolve(previous).await?;
+                let previous = self.resolve(previous).await?;
                 if previous != customer.state.profile.id {
-                    other = Some(self.store.load_customer(&previous).await?);
+                    other = Some(self.load(&previous).await?);
                 }
             }
             let now = self.clock.now();
@@ -278,45 +430,38 @@ impl Daemon {
                     }
                 })
             })?;
-            let applied = Applied {
-                customer: customer.state.profile.id.clone(),
-                effects,
-            };
             // A stale timer or a tick for someone outside the audience changes nothing.
-            let unchanged = matches!(input, Input::Timer { .. } | Input::Schedule { .. })
-                && applied.effects.is_empty();
+            let unchanged =
+                matches!(input, Input::Timer { .. } | Input::Schedule { .. }) && effects.is_empty();
             if unchanged {
-                return Ok(applied);
+                return Ok(Applied {
+                    customer: customer.state.profile.id,
+                    effects,
+                });
             }
-            let commit = Commit {
-                state: &customer.state,
+            let outcome = Outcome {
+                state: customer.state,
                 revision: customer.revision,
-                effects: &applied.effects,
+                effects,
                 event: match input {
                     Input::Event { seq, .. } => Some(*seq),
                     _ => None,
                 },
-                merged: merged.as_ref().map(|(id, rev)| (id.as_str(), *rev)),
+                merged,
                 now,
             };
-            match self.store.commit(commit).await {
+            let (outcome, result) = self
+                .committer
+                .call(outcome)
+                .await
+                .ok_or(ApplyError::Closed)?;
+            match result {
                 Ok(()) => {
-                    self.metrics.effects(&applied.effects);
-                    if let Input::Timer { at, .. } = input {
-                        self.metrics.timers_fired.fetch_add(1, Ordering::Relaxed);
-                        let lag = (now - *at).num_milliseconds().max(0);
-                        self.metrics
-                            .timer_lag_ms
-                            .store(u64::try_from(lag).unwrap_or(0), Ordering::Relaxed);
-                    }
-                    let queued = applied
-                        .effects
-                        .iter()
-                        .any(|e| matches!(e, Effect::Message(m) if m.outcome == SendOutcome::Sent));
-                    if queued {
-                        self.outbox_ready.notify_one();
-                    }
-                    return Ok(applied);
+                    self.committed(input, &outcome);
+                    return Ok(Applied {
+                        customer: outcome.state.profile.id,
+                        effects: outcome.effects,
+                    });
                 }
                 Err(StoreError::Conflict(_)) => {
                     self.metrics.conflicts.fetch_add(1, Ordering::Relaxed);
@@ -326,6 +471,26 @@ impl Daemon {
             }
         }
         Err(StoreError::Conflict(key.to_owned()).into())
+    }
+
+    /// Metrics for a committed input, and a nudge to the dispatcher when it queued
+    /// messages.
+    fn committed(&self, input: &Input, outcome: &Outcome) {
+        self.metrics.effects(&outcome.effects);
+        if let Input::Timer { at, .. } = input {
+            self.metrics.timers_fired.fetch_add(1, Ordering::Relaxed);
+            let lag = (outcome.now - *at).num_milliseconds().max(0);
+            self.metrics
+                .timer_lag_ms
+                .store(u64::try_from(lag).unwrap_or(0), Ordering::Relaxed);
+        }
+        let queued = outcome
+            .effects
+            .iter()
+            .any(|e| matches!(e, Effect::Message(m) if m.outcome == SendOutcome::Sent));
+        if queued {
+            self.outbox_ready.notify_one();
+        }
     }
 
     /// Queues an accepted event (from the API or the inbox sweep) unless already queued.
@@ -366,22 +531,49 @@ impl Daemon {
         }
     }
 
-    async fn fire_timers(self: &Arc<Self>) -> Result<(), ApplyError> {
-        let now = self.clock.now();
-        for timer in self.store.due_timers(now, 500).await? {
-            if !lock(&self.timers_in_flight).insert(timer.enrollment.clone()) {
-                continue;
-            }
-            let input = Input::Timer {
-                enrollment: timer.enrollment.clone(),
-                at: timer.at,
-            };
-            if let Err(e) = self.submit(&timer.customer, input).await {
-                lock(&self.timers_in_flight).remove(&timer.enrollment);
-                return Err(e);
-            }
+    /// Queues the due timers after `cursor` (the last one queued or passed over), as many
+    /// as there is room for. Returns how the loop should go on.
+    async fn fire_timers(
+        self: &Arc<Self>,
+        cursor: &mut Option<DueTimer>,
+    ) -> Result<Next, ApplyError> {
+        let room = TIMERS_IN_FLIGHT.saturating_sub(lock(&self.timers_in_flight).len());
+        if room == 0 {
+            return Ok(Next::WhenOneIsDone);
         }
-        Ok(())
+        let now = self.clock.now();
+        let due = self
+            .store
+            .due_timers(now, cursor.as_ref(), TIMER_BATCH)
+            .await?;
+        let full = due.len() == TIMER_BATCH as usize;
+        let (mut queued, mut passed) = (0, 0);
+        for timer in due {
+            if queued == room {
+                return Ok(Next::WhenOneIsDone);
+            }
+            passed += 1;
+            let fresh = lock(&self.timers_in_flight).insert(timer.enrollment.clone());
+            if fresh {
+                queued += 1;
+                // Timers name the profile their enrollment lives on: no alias to resolve.
+                let input = Input::Timer {
+                    enrollment: timer.enrollment.clone(),
+                    at: timer.at,
+                };
+                self.enqueue(timer.customer.clone(), Job { input, reply: None });
+            }
+            *cursor = Some(timer);
+        }
+        Ok(match (full, queued) {
+            (false, _) => {
+                // Caught up: the next look starts from the earliest again.
+                *cursor = None;
+                Next::AfterAPause
+            }
+            (true, 0) if passed > 0 => Next::WhenOneIsDone,
+            (true, _) => Next::AtOnce,
+        })
     }
 
     /// Enters every known customer in the audience of each schedule journey whose tick
@@ -437,10 +629,13 @@ impl Daemon {
     /// schedules, until `stop` turns true.
     pub async fn timer_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut last_sweep = tokio::time::Instant::now();
+        let mut cursor = None;
         while !*stop.borrow() {
-            if let Err(e) = self.fire_timers().await {
+            let next = self.fire_timers(&mut cursor).await.unwrap_or_else(|e| {
                 tracing::error!(error = %e, "cannot read due timers");
-            }
+                cursor = None;
+                Next::AfterAPause
+            });
             if last_sweep.elapsed() >= SWEEP_EVERY {
                 last_sweep = tokio::time::Instant::now();
                 if let Err(e) = self.sweep_inbox().await {
@@ -453,123 +648,22 @@ impl Daemon {
                     tracing::warn!(error = %e, "cannot prune old message ids");
                 }
             }
-            tokio::select! {
-                () = tokio::time::sleep(TIMER_POLL) => {}
-                _ = stop.changed() => {}
-            }
-        }
-    }
-
-    /// Delivers the outbox until `stop` turns true; a batch under way is finished first.
-    ///
-    /// Each claim keeps its messages from other daemons on the database for `lease`
-    /// ([`LEASE`]). A daemon alone on its database claims with a zero lease: this loop
-    /// finishes a batch before it claims again, so nothing else could take a message
-    /// under way, and a message cut off by a crash goes out again as soon as the daemon
-    /// is back rather than when the lease runs out.
-    pub async fn dispatch_loop(self: Arc<Self>, lease: TimeDelta, mut stop: watch::Receiver<bool>) {
-        while !*stop.borrow() {
-            let claimed = match self.store.claim_outbox(self.clock.now(), lease, 32).await {
-                Ok(claimed) => claimed,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot claim outbox messages");
-                    Vec::new()
-                }
-            };
-            if claimed.is_empty() {
-                tokio::select! {
-                    () = self.outbox_ready.notified() => {}
-                    () = tokio::time::sleep(OUTBOX_POLL) => {}
-                    _ = stop.changed() => {}
-                }
-                continue;
-            }
-            let mut batch = tokio::task::JoinSet::new();
-            for message in claimed {
-                let daemon = self.clone();
-                batch.spawn(async move { daemon.deliver(message).await });
-            }
-            while batch.join_next().await.is_some() {}
-        }
-    }
-
-    async fn deliver(self: Arc<Self>, m: OutboxMessage) {
-        let key = m.idempotency_key.clone();
-        let result = match self.channels.get(&m.channel) {
-            None => Err(DeliveryError::permanent(format!(
-                "channel `{}` is not configured",
-                m.channel
-            ))),
-            Some(channel) => {
-                let (content, links) = match &self.links {
-                    Some(links) => links.prepare(&LinkTarget::of(&m), &m.content),
-                    None => (m.content.clone(), BTreeMap::new()),
-                };
-                let outbound = OutboundMessage {
-                    idempotency_key: m.idempotency_key.clone(),
-                    channel: m.channel.clone(),
-                    address: m.address.clone(),
-                    content,
-                    customer_id: m.customer.clone(),
-                    journey_id: m.journey.clone(),
-                    step_id: m.step.clone(),
-                    template: m.template.clone(),
-                    links,
-                };
-                match tokio::time::timeout(DELIVERY_TIMEOUT, channel.deliver(&outbound)).await {
-                    Ok(result) => result,
-                    Err(_) => Err(DeliveryError::retryable(format!(
-                        "no answer within {}s",
-                        DELIVERY_TIMEOUT.as_secs()
-                    ))),
-                }
-            }
-        };
-        let now = self.clock.now();
-        let recorded = match result {
-            Ok(delivery) => {
-                self.metrics.delivery(&m.channel, "delivered");
-                self.store
-                    .outbox_sent(&key, delivery.provider_id.as_deref(), now)
-                    .await
-            }
-            Err(DeliveryError::Retryable {
-                reason,
-                retry_after,
-            }) if m.attempts < MAX_DELIVERY_ATTEMPTS => {
-                self.metrics.delivery(&m.channel, "retry");
-                let wait = backoff(m.attempts, &key).max(retry_after.unwrap_or_default());
-                let at = now + TimeDelta::from_std(wait).unwrap_or(TimeDelta::hours(1));
-                tracing::warn!(%key, channel = %m.channel, %reason, attempt = m.attempts, retry_in = ?wait, "delivery failed; will retry");
-                self.store.outbox_retry(&key, &reason, at).await
-            }
-            Err(DeliveryError::Retryable { reason, .. }) => {
-                self.metrics.delivery(&m.channel, "failed");
-                let reason = format!("gave up after {} attempts: {reason}", m.attempts);
-                tracing::warn!(%key, channel = %m.channel, %reason, "delivery failed");
-                self.store.outbox_failed(&key, &reason, now).await
-            }
-            Err(DeliveryError::Permanent {
-                reason,
-                address_gone,
-            }) => {
-                self.metrics.delivery(&m.channel, "failed");
-                tracing::warn!(%key, channel = %m.channel, %reason, address_gone, "delivery refused");
-                if address_gone {
-                    let input = Input::Unreachable {
-                        channel: m.channel.clone(),
-                    };
-                    if let Err(e) = self.submit(&m.customer, input).await {
-                        tracing::error!(error = %e, "cannot mark the address unreachable");
+            match next {
+                Next::AtOnce => {}
+                Next::WhenOneIsDone => {
+                    tokio::select! {
+                        () = self.timers_done.notified() => {}
+                        () = tokio::time::sleep(TIMER_POLL) => {}
+                        _ = stop.changed() => {}
                     }
                 }
-                self.store.outbox_failed(&key, &reason, now).await
+                Next::AfterAPause => {
+                    tokio::select! {
+                        () = tokio::time::sleep(TIMER_POLL) => {}
+                        _ = stop.changed() => {}
+                    }
+                }
             }
-        };
-        if let Err(e) = recorded {
-            // The lease runs out and the message is claimed again: a possible second
-            // send, the one window the outbox cannot close.
-            tracing::error!(%key, error = %e, "cannot record the delivery result");
         }
     }
 
@@ -608,8 +702,33 @@ impl Daemon {
     }
 }
 
+/// What the timer loop does after a look at the wake index.
+enum Next {
+    /// More timers are due: look again.
+    AtOnce,
+    /// As many timers are in hand as it may hold (or every due one it saw is): look again
+    /// when one has been handled.
+    WhenOneIsDone,
+    /// Every due timer is in hand: look again after [`TIMER_POLL`].
+    AfterAPause,
+}
+
+/// A [`Batcher`] running `run` with the store on each batch.
+fn batcher<I, O, F, Fut>(io: &IoThread, store: &Arc<dyn Store>, run: F) -> Batcher<I, O>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+    F: Fn(Arc<dyn Store>, Vec<I>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Vec<O>> + Send + 'static,
+{
+    let store = store.clone();
+    Batcher::spawn(io.handle(), STORE_BATCH, move |items| {
+        run(store.clone(), items)
+    })
+}
+
 /// The profile's `unreachable` list with `channel` added.
-fn unreachable_traits(traits: &Map<String, Value>, channel: &str) -> Map<String, Value> {
+pub(crate) fn unreachable_traits(traits: &Map<String, Value>, channel: &str) -> Map<String, Value> {
     let mut list: Vec<Value> = match traits.get("unreachable") {
         Some(Value::Array(items)) => items.clone(),
         Some(Value::String(s)) => vec![Value::String(s.clone())],
@@ -621,22 +740,6 @@ fn unreachable_traits(traits: &Map<String, Value>, channel: &str) -> Map<String,
     let mut out = Map::new();
     out.insert("unreachable".to_owned(), Value::Array(list));
     out
-}
-
-/// Exponential backoff from 5 s, doubling per attempt up to an hour, with jitter (50 to
-/// 100 %) so that messages failing together do not retry together. The jitter is derived
-/// from the key and attempt: spread across messages, reproducible for one.
-pub fn backoff(attempts: u32, key: &str) -> Duration {
-    let base = 5u64
-        .saturating_mul(1 << attempts.saturating_sub(1).min(20))
-        .min(3600);
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key.bytes().chain(attempts.to_le_bytes()) {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    let millis = base * 1000;
-    Duration::from_millis(millis / 2 + hash % (millis / 2 + 1))
 }
 
 /// The diagnostic code for a send on a channel the daemon config lacks (`D` for the
@@ -793,16 +896,6 @@ fn write_files(dir: &Path, files: &BTreeMap<String, String>) -> std::io::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_with_jitter_and_caps_at_an_hour() {
-        let first = backoff(1, "k");
-        assert!(first >= Duration::from_millis(2500) && first <= Duration::from_secs(5));
-        let third = backoff(3, "k");
-        assert!(third >= Duration::from_secs(10) && third <= Duration::from_secs(20));
-        assert!(backoff(40, "k") <= Duration::from_secs(3600));
-        assert_ne!(backoff(5, "a"), backoff(5, "b"));
-    }
 
     #[test]
     fn unreachable_adds_a_channel_once() {

@@ -13,10 +13,12 @@ use std::process::ExitCode;
 use clap::Parser;
 
 pub mod api;
+mod batch;
 pub mod callbacks;
 pub mod channels;
 pub mod config;
 pub mod daemon;
+pub mod dispatch;
 pub mod links;
 pub mod metrics;
 pub mod serve;

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use chrono::TimeDelta;
 use tokio::sync::watch;
 use waymark_channel::Registry;
 use waymark_scheduler::{ChannelDirectory, Engine, SystemClock};
@@ -15,6 +14,7 @@ use waymark_store::{PostgresStore, SqliteStore, Store};
 use crate::channels::Channels;
 use crate::config::{Config, DEFAULT_CONFIG};
 use crate::daemon::{self, Daemon};
+use crate::dispatch;
 
 /// How long a shutdown waits for customer queues to empty.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -169,12 +169,22 @@ async fn serve(args: ServeArgs, registry: Registry) -> anyhow::Result<ExitCode> 
     }
 
     let alone = hold_embedded_database(&config.database)?;
-    let lease = if alone.is_some() {
-        TimeDelta::zero()
-    } else {
-        daemon::LEASE
-    };
     let store = open_store(&config.database).await?;
+    if alone.is_some() {
+        // Nothing else delivers from this database: messages still claimed were cut off
+        // by the last stop, and go out now rather than when their leases run out.
+        let now = waymark_scheduler::Clock::now(&SystemClock);
+        let released = store
+            .release_claims(now, dispatch::LEASE)
+            .await
+            .context("releasing the outbox claims of the last run")?;
+        if released > 0 {
+            tracing::info!(
+                messages = released,
+                "resuming deliveries cut off by the last stop"
+            );
+        }
+    }
     // Bound before anything is built on the address: with port 0 the address links and
     // signed callbacks use is the port the system picked.
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -216,7 +226,7 @@ async fn serve(args: ServeArgs, registry: Registry) -> anyhow::Result<ExitCode> 
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let timers = tokio::spawn(daemon.clone().timer_loop(stop_rx.clone()));
-    let dispatcher = tokio::spawn(daemon.clone().dispatch_loop(lease, stop_rx.clone()));
+    let dispatcher = tokio::spawn(daemon.clone().dispatch_loop(stop_rx.clone()));
     let reloader = tokio::spawn(reload_on_sighup(daemon.clone(), stop_rx));
 
     tracing::info!("listening on http://{}", listener.local_addr()?);

@@ -369,7 +369,7 @@ async fn message_for(f: &Fixture, id: &str, traits: &str, event: &str) -> Outbox
     let mut claimed = f
         .daemon
         .store
-        .claim_outbox(now, chrono::TimeDelta::minutes(1), 10)
+        .claim_outbox(now, chrono::TimeDelta::minutes(1), 10, &[])
         .await
         .unwrap();
     assert_eq!(claimed.len(), 1);

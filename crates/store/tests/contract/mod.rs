@@ -27,6 +27,12 @@ macro_rules! suite {
             journey_versions_counts_and_schedule_ticks_are_kept,
             a_receipt_finds_its_message_by_provider_id_or_address,
             a_setting_keeps_its_first_value,
+            a_batch_of_commits_keeps_every_commit_but_the_refused_ones,
+            a_batch_of_events_is_accepted_with_repeats_recognised_inside_it,
+            batch_loads_and_resolves_read_what_single_ones_read,
+            due_timers_are_read_in_batches_after_the_last_one_taken,
+            many_deliveries_are_recorded_at_once_and_busy_channels_are_skipped,
+            claims_of_a_daemon_that_is_gone_are_released,
         );
     };
     ($run:path: $($test:ident),+ $(,)?) => {
@@ -212,10 +218,10 @@ pub async fn a_committed_step_round_trips_with_its_outbox_row_and_timer(f: Fixtu
     assert_eq!(enrollment.wake, Some(t0() + TimeDelta::hours(1)));
     assert_eq!(enrollment.trigger, props(json!({"plan": "pro"})));
 
-    assert!(f.store.due_timers(t0(), 10).await.unwrap().is_empty());
+    assert!(f.store.due_timers(t0(), None, 10).await.unwrap().is_empty());
     let due = f
         .store
-        .due_timers(t0() + TimeDelta::hours(1), 10)
+        .due_timers(t0() + TimeDelta::hours(1), None, 10)
         .await
         .unwrap();
     assert_eq!(due.len(), 1);
@@ -224,7 +230,7 @@ pub async fn a_committed_step_round_trips_with_its_outbox_row_and_timer(f: Fixtu
 
     let claimed = f
         .store
-        .claim_outbox(t0(), TimeDelta::minutes(1), 10)
+        .claim_outbox(t0(), TimeDelta::minutes(1), 10, &[])
         .await
         .unwrap();
     assert_eq!(claimed.len(), 1);
@@ -242,7 +248,7 @@ pub async fn a_timer_fires_from_the_reloaded_state_and_clears_itself(f: Fixture)
     identify(&f, "ann").await;
     track(&f, "ann", "signed_up", t0()).await;
     let at = t0() + TimeDelta::hours(1);
-    let due = f.store.due_timers(at, 10).await.unwrap();
+    let due = f.store.due_timers(at, None, 10).await.unwrap();
     let mut customer = f.store.load_customer(&due[0].customer).await.unwrap();
     let effects = f
         .engine
@@ -259,7 +265,7 @@ pub async fn a_timer_fires_from_the_reloaded_state_and_clears_itself(f: Fixture)
         })
         .await
         .unwrap();
-    assert!(f.store.due_timers(at, 10).await.unwrap().is_empty());
+    assert!(f.store.due_timers(at, None, 10).await.unwrap().is_empty());
     let reloaded = f.store.load_customer("ann").await.unwrap();
     assert_eq!(reloaded.state.enrollments, customer.state.enrollments);
     assert_eq!(reloaded.state.profile.messages.len(), 2);
@@ -324,11 +330,10 @@ pub async fn a_stale_state_is_refused_and_an_event_is_handled_once(f: Fixture) {
     ));
 }
 
-pub async fn an_alias_redirects_the_old_id_and_joins_its_history(f: Fixture) {
-    track(&f, "anon-1", "visit", t0()).await;
-    identify(&f, "ann").await;
-    let mut user = f.store.load_customer("ann").await.unwrap();
-    let other = f.store.load_customer("anon-1").await.unwrap();
+/// Merges `previous` into `user`, as the daemon does for an alias.
+async fn alias(f: &Fixture, user: &str, previous: &str) {
+    let mut user = f.store.load_customer(user).await.unwrap();
+    let other = f.store.load_customer(previous).await.unwrap();
     let effects = f.engine.merge(&mut user.state, other.state, t0());
     f.store
         .commit(Commit {
@@ -336,11 +341,17 @@ pub async fn an_alias_redirects_the_old_id_and_joins_its_history(f: Fixture) {
             revision: user.revision,
             effects: &effects,
             event: None,
-            merged: Some(("anon-1", other.revision)),
+            merged: Some((previous, other.revision)),
             now: t0(),
         })
         .await
         .unwrap();
+}
+
+pub async fn an_alias_redirects_the_old_id_and_joins_its_history(f: Fixture) {
+    track(&f, "anon-1", "visit", t0()).await;
+    identify(&f, "ann").await;
+    alias(&f, "ann", "anon-1").await;
     assert_eq!(f.store.resolve("anon-1").await.unwrap(), "ann");
     let merged = f.store.load_customer("anon-1").await.unwrap();
     assert_eq!(merged.state.profile.id, "ann");
@@ -360,18 +371,22 @@ pub async fn the_outbox_leases_retries_and_records_failures(f: Fixture) {
     identify(&f, "ann").await;
     track(&f, "ann", "signed_up", t0()).await;
     let lease = TimeDelta::minutes(1);
-    let claimed = f.store.claim_outbox(t0(), lease, 10).await.unwrap();
+    let claimed = f.store.claim_outbox(t0(), lease, 10, &[]).await.unwrap();
     let key = claimed[0].idempotency_key.clone();
     // Claimed: nobody else gets it until the lease runs out.
     assert!(
         f.store
-            .claim_outbox(t0(), lease, 10)
+            .claim_outbox(t0(), lease, 10, &[])
             .await
             .unwrap()
             .is_empty()
     );
     let after_lease = t0() + lease;
-    let again = f.store.claim_outbox(after_lease, lease, 10).await.unwrap();
+    let again = f
+        .store
+        .claim_outbox(after_lease, lease, 10, &[])
+        .await
+        .unwrap();
     assert_eq!(again[0].attempts, 2);
 
     let retry_at = after_lease + TimeDelta::seconds(30);
@@ -381,14 +396,14 @@ pub async fn the_outbox_leases_retries_and_records_failures(f: Fixture) {
         .unwrap();
     assert!(
         f.store
-            .claim_outbox(after_lease + TimeDelta::seconds(10), lease, 10)
+            .claim_outbox(after_lease + TimeDelta::seconds(10), lease, 10, &[])
             .await
             .unwrap()
             .is_empty()
     );
     assert_eq!(
         f.store
-            .claim_outbox(retry_at, lease, 10)
+            .claim_outbox(retry_at, lease, 10, &[])
             .await
             .unwrap()
             .len(),
@@ -464,7 +479,7 @@ pub async fn a_receipt_finds_its_message_by_provider_id_or_address(f: Fixture) {
     track(&f, "ann", "signed_up", t0()).await;
     let claimed = f
         .store
-        .claim_outbox(t0(), TimeDelta::minutes(1), 10)
+        .claim_outbox(t0(), TimeDelta::minutes(1), 10, &[])
         .await
         .unwrap();
     let key = claimed[0].idempotency_key.clone();
@@ -510,4 +525,277 @@ pub async fn a_setting_keeps_its_first_value(f: Fixture) {
         "a"
     );
     assert_eq!(f.store.setting_or_insert("other", "b").await.unwrap(), "b");
+}
+
+/// Group commit: refused commits in a batch (a stale state, an event handled already)
+/// leave the others standing and write nothing of their own; an alias merge in the batch
+/// lands too.
+pub async fn a_batch_of_commits_keeps_every_commit_but_the_refused_ones(f: Fixture) {
+    for id in ["ann", "bob", "dan", "eve"] {
+        identify(&f, id).await;
+    }
+    let mut ann = f.store.load_customer("ann").await.unwrap();
+    let fresh = f.store.load_customer("bob").await.unwrap();
+    let stale = f.store.load_customer("bob").await.unwrap();
+    f.store.commit(commit(&fresh)).await.unwrap();
+    let Ingested::Accepted(seq) = f
+        .store
+        .ingest_event(&new_event("bob", "visit", None), t0())
+        .await
+        .unwrap()
+    else {
+        unreachable!()
+    };
+    let traits = props(json!({"plan": "gold"}));
+    f.engine.on_identify(&mut ann.state, &traits, t0());
+    let mut cy = f.store.load_customer("cy").await.unwrap();
+    let signed_up = Event {
+        name: "signed_up".to_owned(),
+        at: t0(),
+        properties: Map::new(),
+    };
+    let cy_effects = f.engine.on_event(&mut cy.state, &signed_up, t0());
+    // dan's event was handled by someone else after dan was loaded.
+    track(&f, "dan", "visit", t0()).await;
+    let dan_seq = f.store.recent_events("dan", 1).await.unwrap()[0].seq;
+    let dan = f.store.load_customer("dan").await.unwrap();
+    track(&f, "anon-2", "visit", t0()).await;
+    let mut eve = f.store.load_customer("eve").await.unwrap();
+    let anon = f.store.load_customer("anon-2").await.unwrap();
+    let eve_effects = f.engine.merge(&mut eve.state, anon.state, t0());
+
+    let results = f
+        .store
+        .commit_many(&[
+            commit(&ann),
+            Commit {
+                event: Some(seq),
+                ..commit(&stale)
+            },
+            Commit {
+                effects: &cy_effects,
+                ..commit(&cy)
+            },
+            Commit {
+                event: Some(dan_seq),
+                ..commit(&dan)
+            },
+            Commit {
+                effects: &eve_effects,
+                merged: Some(("anon-2", anon.revision)),
+                ..commit(&eve)
+            },
+        ])
+        .await;
+    assert!(results[0].is_ok(), "{:?}", results[0]);
+    assert!(matches!(&results[1], Err(Error::Conflict(id)) if id == "bob"));
+    assert!(results[2].is_ok(), "{:?}", results[2]);
+    assert!(matches!(&results[3], Err(Error::Handled(s)) if *s == dan_seq));
+    assert!(results[4].is_ok(), "{:?}", results[4]);
+
+    let ann = f.store.load_customer("ann").await.unwrap();
+    assert_eq!(ann.state.profile.traits["plan"], json!("gold"));
+    let cy = f.store.load_customer("cy").await.unwrap();
+    assert_eq!((cy.revision, cy.state.enrollments.len()), (1, 1));
+    // cy's effects landed with cy: the welcome is in the message log.
+    let logged = f.store.recent_messages("cy", 10).await.unwrap();
+    assert_eq!(logged.len(), 1);
+    assert_eq!(
+        f.store.load_customer("dan").await.unwrap().revision,
+        dan.revision
+    );
+    assert_eq!(f.store.resolve("anon-2").await.unwrap(), "eve");
+    // bob's event was not consumed by the refused commit.
+    let inbox = f.store.inbox(0, 10).await.unwrap();
+    assert_eq!(inbox.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![seq]);
+}
+
+pub async fn a_batch_of_events_is_accepted_with_repeats_recognised_inside_it(f: Fixture) {
+    let results = f
+        .store
+        .ingest_many(
+            &[
+                new_event("ann", "visit", Some("m-1")),
+                new_event("ann", "visit", Some("m-1")),
+                new_event("bob", "visit", None),
+            ],
+            t0(),
+        )
+        .await;
+    let results: Vec<Ingested> = results.into_iter().map(Result::unwrap).collect();
+    let [
+        Ingested::Accepted(a),
+        Ingested::Duplicate,
+        Ingested::Accepted(b),
+    ] = results[..]
+    else {
+        panic!("{results:?}");
+    };
+    let inbox = f.store.inbox(0, 10).await.unwrap();
+    let stored: Vec<(i64, &str)> = inbox.iter().map(|e| (e.seq, e.customer.as_str())).collect();
+    assert_eq!(stored, [(a, "ann"), (b, "bob")]);
+}
+
+pub async fn batch_loads_and_resolves_read_what_single_ones_read(f: Fixture) {
+    identify(&f, "ann").await;
+    track(&f, "ann", "signed_up", t0()).await;
+    track(&f, "anon-1", "visit", t0()).await;
+    alias(&f, "ann", "anon-1").await;
+    identify(&f, "bob").await;
+    track(&f, "bob", "signed_up", t0()).await;
+    let ids: Vec<String> = ["ann", "nobody", "bob", "anon-1", "ann"]
+        .map(str::to_owned)
+        .to_vec();
+    let resolved: Vec<String> = f
+        .store
+        .resolve_many(&ids)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(resolved, ["ann", "nobody", "bob", "ann", "ann"]);
+    let batch = f.store.load_many(&ids).await;
+    assert_eq!(batch.len(), ids.len());
+    for (id, loaded) in ids.iter().zip(batch) {
+        let loaded = loaded.unwrap();
+        let single = f.store.load_customer(id).await.unwrap();
+        assert_eq!(loaded.revision, single.revision, "{id}");
+        let (a, b) = (&loaded.state, &single.state);
+        assert_eq!(a.profile.id, b.profile.id, "{id}");
+        assert_eq!(a.profile.traits, b.profile.traits, "{id}");
+        assert_eq!(a.profile.segments, b.profile.segments, "{id}");
+        assert_eq!(a.profile.enrollment_seq, b.profile.enrollment_seq, "{id}");
+        assert_eq!(a.profile.messages, b.profile.messages, "{id}");
+        assert_eq!(
+            a.profile.history.events(),
+            b.profile.history.events(),
+            "{id}"
+        );
+        assert_eq!(a.enrollments, b.enrollments, "{id}");
+    }
+    let ann = f.store.load_customer("anon-1").await.unwrap();
+    let profile = &ann.state.profile;
+    assert_eq!((profile.id.as_str(), profile.history.len()), ("ann", 2));
+    assert_eq!(profile.messages.len(), 1);
+}
+
+/// Timers sharing one wake time are walked in batches, each after the last one taken,
+/// without repeats or gaps.
+pub async fn due_timers_are_read_in_batches_after_the_last_one_taken(f: Fixture) {
+    let customers = ["a", "b", "c", "d", "e"];
+    for id in customers {
+        identify(&f, id).await;
+        track(&f, id, "signed_up", t0()).await;
+    }
+    let at = t0() + TimeDelta::hours(1);
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let batch = f.store.due_timers(at, after.as_ref(), 2).await.unwrap();
+        assert!(batch.len() <= 2);
+        assert!(batch.iter().all(|t| t.at == at));
+        seen.extend(batch.iter().map(|t| t.customer.clone()));
+        match batch.last() {
+            Some(last) => after = Some(last.clone()),
+            None => break,
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, customers);
+}
+
+pub async fn many_deliveries_are_recorded_at_once_and_busy_channels_are_skipped(f: Fixture) {
+    for id in ["ann", "bob"] {
+        identify(&f, id).await;
+        track(&f, id, "signed_up", t0()).await;
+    }
+    let lease = TimeDelta::minutes(1);
+    let email_busy = ["email".to_owned()];
+    let claimed = f.store.claim_outbox(t0(), lease, 10, &email_busy).await;
+    assert!(claimed.unwrap().is_empty());
+    let sms_busy = ["sms".to_owned()];
+    let claimed = f
+        .store
+        .claim_outbox(t0(), lease, 10, &sms_busy)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2);
+    let sent: Vec<(&str, Option<&str>)> = vec![
+        (&claimed[0].idempotency_key, Some("prov-1")),
+        (&claimed[1].idempotency_key, None),
+    ];
+    f.store.outbox_sent_many(&sent, t0()).await.unwrap();
+    assert_eq!(f.store.depths().await.unwrap().outbox_pending, 0);
+    for id in ["ann", "bob"] {
+        let messages = f.store.recent_messages(id, 10).await.unwrap();
+        assert_eq!(messages[0].delivery.as_deref(), Some("sent"), "{id}");
+    }
+    let found = f
+        .store
+        .find_sent_message("email", Some("prov-1"), None)
+        .await
+        .unwrap()
+        .expect("found by the provider's id");
+    assert_eq!(found.idempotency_key, claimed[0].idempotency_key);
+}
+
+/// A daemon alone on its database, starting again, takes back the claims it held when it
+/// stopped, and the retries due within a lease, but leaves later retries alone.
+pub async fn claims_of_a_daemon_that_is_gone_are_released(f: Fixture) {
+    for id in ["ann", "bob", "cy"] {
+        identify(&f, id).await;
+        track(&f, id, "signed_up", t0()).await;
+    }
+    let lease = TimeDelta::minutes(2);
+    let claimed = f.store.claim_outbox(t0(), lease, 10, &[]).await.unwrap();
+    assert_eq!(claimed.len(), 3);
+    let [cut_off, soon, later] = &claimed[..] else {
+        unreachable!()
+    };
+    let soon_at = t0() + TimeDelta::seconds(30);
+    let later_at = t0() + TimeDelta::minutes(10);
+    f.store
+        .outbox_retry(&soon.idempotency_key, "503", soon_at)
+        .await
+        .unwrap();
+    f.store
+        .outbox_retry(&later.idempotency_key, "429", later_at)
+        .await
+        .unwrap();
+
+    let restart = t0() + TimeDelta::seconds(5);
+    assert!(
+        f.store
+            .claim_outbox(restart, lease, 10, &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(f.store.release_claims(restart, lease).await.unwrap(), 2);
+    let again = f.store.claim_outbox(restart, lease, 10, &[]).await.unwrap();
+    let mut keys: Vec<&str> = again.iter().map(|m| m.idempotency_key.as_str()).collect();
+    keys.sort_unstable();
+    let mut expected = [
+        cut_off.idempotency_key.as_str(),
+        soon.idempotency_key.as_str(),
+    ];
+    expected.sort_unstable();
+    assert_eq!(keys, expected);
+    let sent: Vec<(&str, Option<&str>)> = keys.iter().map(|key| (*key, None)).collect();
+    f.store.outbox_sent_many(&sent, restart).await.unwrap();
+    assert!(
+        f.store
+            .claim_outbox(later_at - TimeDelta::seconds(1), lease, 10, &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        f.store
+            .claim_outbox(later_at, lease, 10, &[])
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }

@@ -1,0 +1,330 @@
+//! The outbox dispatcher: claims messages, hands them to their channels with at most
+//! `concurrency` deliveries in flight per channel, and records what became of them.
+//!
+//! A claimed message waits for one of its channel's delivery slots, and its lease must not
+//! run out meanwhile (someone else would claim it too). So each channel may have only so
+//! many messages claimed: as many as it gets through in a quarter of the lease at the pace
+//! it has been answering (at first, and for slow providers, twice its concurrency). A
+//! channel with that many is busy: its messages stay unclaimed in the outbox while other
+//! channels' messages go on being claimed and delivered, so one slow provider holds up
+//! only its own messages, and a fast one is fed in large claims. Should a message still
+//! wait too long (a provider that suddenly slows down), it is left to the next claim
+//! rather than risk a second send.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use waymark_channel::{Delivery, DeliveryError, OutboundMessage};
+use waymark_store::OutboxMessage;
+
+use crate::channels::DEFAULT_CONCURRENCY;
+use crate::daemon::{Daemon, Input, lock};
+use crate::links::LinkTarget;
+
+/// Delivery attempts before a retryable failure becomes a permanent one. A claim counts
+/// as an attempt.
+pub const MAX_DELIVERY_ATTEMPTS: u32 = 10;
+/// How long a claimed outbox row stays claimed: longer than any delivery may take,
+/// waiting for its turn included.
+pub const LEASE: TimeDelta = TimeDelta::seconds(120);
+/// A provider call that takes longer than this is abandoned and retried.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+const OUTBOX_POLL: Duration = Duration::from_millis(500);
+/// The most messages one claim takes.
+const CLAIM_BATCH: usize = 512;
+/// The most messages claimed and not yet recorded, across channels.
+const MAX_IN_HAND: usize = 2048;
+
+/// A channel's share of the dispatcher.
+pub(crate) struct Slot {
+    /// One permit per delivery in flight.
+    permits: Semaphore,
+    concurrency: usize,
+    /// Claimed messages not yet handed back by the provider: waiting for a permit or
+    /// being delivered.
+    claimed: AtomicUsize,
+    /// How long the provider has been taking per delivery, in microseconds: a moving
+    /// average, 0 before the first answer.
+    pace_micros: AtomicU64,
+}
+
+impl Slot {
+    fn new(concurrency: usize) -> Slot {
+        Slot {
+            permits: Semaphore::new(concurrency),
+            concurrency,
+            claimed: AtomicUsize::new(0),
+            pace_micros: AtomicU64::new(0),
+        }
+    }
+
+    /// How many messages may be claimed for this channel at once: what it delivers in a
+    /// quarter of the lease at its pace, at least twice its concurrency.
+    fn allowance(&self) -> usize {
+        let floor = 2 * self.concurrency;
+        let pace = self.pace_micros.load(Ordering::Relaxed);
+        if pace == 0 {
+            return floor;
+        }
+        let window = u64::try_from((LEASE / 4).num_microseconds().unwrap_or(0)).unwrap_or(0);
+        let rounds = usize::try_from(window / pace).unwrap_or(usize::MAX);
+        rounds
+            .saturating_mul(self.concurrency)
+            .clamp(floor, MAX_IN_HAND)
+    }
+
+    /// How many more messages may be claimed for it now; 0 when busy.
+    fn room(&self) -> usize {
+        self.allowance()
+            .saturating_sub(self.claimed.load(Ordering::Relaxed))
+    }
+
+    fn record_pace(&self, took: Duration) {
+        let took = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
+        let before = self.pace_micros.load(Ordering::Relaxed);
+        let after = if before == 0 {
+            took
+        } else {
+            (before * 7 + took) / 8
+        };
+        self.pace_micros.store(after, Ordering::Relaxed);
+    }
+}
+
+impl Daemon {
+    fn slot(&self, channel: &str) -> Arc<Slot> {
+        lock(&self.slots)
+            .entry(channel.to_owned())
+            .or_insert_with(|| Arc::new(Slot::new(self.channels.concurrency(channel))))
+            .clone()
+    }
+
+    /// The busy channels, and how many messages the next claim may take: no more than
+    /// any channel that is not busy has room for.
+    fn claimable(&self, in_hand: usize) -> (Vec<String>, usize) {
+        let slots = lock(&self.slots);
+        let mut busy = Vec::new();
+        let mut limit = CLAIM_BATCH.min(MAX_IN_HAND.saturating_sub(in_hand));
+        if self.channels.accepts_any() {
+            // Channels the config does not name (there is none) start at the default.
+            limit = limit.min(2 * DEFAULT_CONCURRENCY);
+        }
+        for (name, slot) in slots.iter() {
+            match slot.room() {
+                0 => busy.push(name.clone()),
+                room => limit = limit.min(room),
+            }
+        }
+        (busy, limit)
+    }
+
+    /// Delivers the outbox until `stop` turns true; deliveries under way are finished
+    /// first.
+    pub async fn dispatch_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        for name in self.channels.names() {
+            self.slot(name);
+        }
+        let mut deliveries = JoinSet::new();
+        while !*stop.borrow() {
+            while deliveries.try_join_next().is_some() {}
+            let (busy, limit) = self.claimable(deliveries.len());
+            let now = self.clock.now();
+            let claimed = if limit == 0 {
+                Vec::new()
+            } else {
+                let limit = u32::try_from(limit).unwrap_or(u32::MAX);
+                match self.store.claim_outbox(now, LEASE, limit, &busy).await {
+                    Ok(claimed) => claimed,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot claim outbox messages");
+                        Vec::new()
+                    }
+                }
+            };
+            if claimed.is_empty() {
+                tokio::select! {
+                    () = self.outbox_ready.notified() => {}
+                    () = self.delivery_done.notified() => {}
+                    () = tokio::time::sleep(OUTBOX_POLL) => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
+            }
+            for message in claimed {
+                let slot = self.slot(&message.channel);
+                slot.claimed.fetch_add(1, Ordering::Relaxed);
+                deliveries.spawn(self.clone().deliver(message, slot, now));
+            }
+        }
+        while deliveries.join_next().await.is_some() {}
+    }
+
+    /// Waits for a permit of the message's channel, delivers, records the result.
+    async fn deliver(
+        self: Arc<Self>,
+        m: OutboxMessage,
+        slot: Arc<Slot>,
+        claimed_at: DateTime<Utc>,
+    ) {
+        let result = {
+            let _permit = slot.permits.acquire().await;
+            let lease_left = claimed_at + LEASE - self.clock.now();
+            if lease_left.to_std().unwrap_or_default() > DELIVERY_TIMEOUT {
+                let started = Instant::now();
+                let result = self.hand_over(&m).await;
+                slot.record_pace(started.elapsed());
+                Some(result)
+            } else {
+                // The claim could run out mid-delivery and someone else deliver it too:
+                // leave it to the next claim.
+                tracing::warn!(key = %m.idempotency_key, channel = %m.channel, "waited too long for a free delivery slot; left for the next claim");
+                None
+            }
+        };
+        slot.claimed.fetch_sub(1, Ordering::Relaxed);
+        self.delivery_done.notify_one();
+        if let Some(result) = result {
+            self.record(m, result).await;
+        }
+    }
+
+    /// The provider call, bounded by [`DELIVERY_TIMEOUT`].
+    async fn hand_over(&self, m: &OutboxMessage) -> Result<Delivery, DeliveryError> {
+        let Some(channel) = self.channels.get(&m.channel) else {
+            return Err(DeliveryError::permanent(format!(
+                "channel `{}` is not configured",
+                m.channel
+            )));
+        };
+        let (content, links) = match &self.links {
+            Some(links) => links.prepare(&LinkTarget::of(m), &m.content),
+            None => (m.content.clone(), BTreeMap::new()),
+        };
+        let outbound = OutboundMessage {
+            idempotency_key: m.idempotency_key.clone(),
+            channel: m.channel.clone(),
+            address: m.address.clone(),
+            content,
+            customer_id: m.customer.clone(),
+            journey_id: m.journey.clone(),
+            step_id: m.step.clone(),
+            template: m.template.clone(),
+            links,
+        };
+        match tokio::time::timeout(DELIVERY_TIMEOUT, channel.deliver(&outbound)).await {
+            Ok(result) => result,
+            Err(_) => Err(DeliveryError::retryable(format!(
+                "no answer within {}s",
+                DELIVERY_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
+    /// Writes down what became of a delivery: accepted messages together with others
+    /// (group commit), retries and failures one by one.
+    async fn record(self: &Arc<Self>, m: OutboxMessage, result: Result<Delivery, DeliveryError>) {
+        let key = m.idempotency_key;
+        let now = self.clock.now();
+        let recorded = match result {
+            Ok(delivery) => {
+                self.metrics.delivery(&m.channel, "delivered");
+                // A failure is logged by the batch.
+                let _ = self.delivered.call((key, delivery.provider_id)).await;
+                return;
+            }
+            Err(DeliveryError::Retryable {
+                reason,
+                retry_after,
+            }) if m.attempts < MAX_DELIVERY_ATTEMPTS => {
+                self.metrics.delivery(&m.channel, "retry");
+                let wait = backoff(m.attempts, &key).max(retry_after.unwrap_or_default());
+                let at = now + TimeDelta::from_std(wait).unwrap_or(TimeDelta::hours(1));
+                tracing::warn!(%key, channel = %m.channel, %reason, attempt = m.attempts, retry_in = ?wait, "delivery failed; will retry");
+                self.store.outbox_retry(&key, &reason, at).await
+            }
+            Err(DeliveryError::Retryable { reason, .. }) => {
+                self.metrics.delivery(&m.channel, "failed");
+                let reason = format!("gave up after {} attempts: {reason}", m.attempts);
+                tracing::warn!(%key, channel = %m.channel, %reason, "delivery failed");
+                self.store.outbox_failed(&key, &reason, now).await
+            }
+            Err(DeliveryError::Permanent {
+                reason,
+                address_gone,
+            }) => {
+                self.metrics.delivery(&m.channel, "failed");
+                tracing::warn!(%key, channel = %m.channel, %reason, address_gone, "delivery refused");
+                if address_gone {
+                    let input = Input::Unreachable {
+                        channel: m.channel.clone(),
+                    };
+                    if let Err(e) = self.submit(&m.customer, input).await {
+                        tracing::error!(error = %e, "cannot mark the address unreachable");
+                    }
+                }
+                self.store.outbox_failed(&key, &reason, now).await
+            }
+        };
+        if let Err(e) = recorded {
+            // The lease runs out and the message is claimed again: a possible second
+            // send, the one window the outbox cannot close.
+            tracing::error!(%key, error = %e, "cannot record the delivery result");
+        }
+    }
+}
+
+/// Exponential backoff from 5 s, doubling per attempt up to an hour, with jitter (50 to
+/// 100 %) so that messages failing together do not retry together. The jitter is derived
+/// from the key and attempt: spread across messages, reproducible for one.
+pub fn backoff(attempts: u32, key: &str) -> Duration {
+    let base = 5u64
+        .saturating_mul(1 << attempts.saturating_sub(1).min(20))
+        .min(3600);
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes().chain(attempts.to_le_bytes()) {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let millis = base * 1000;
+    Duration::from_millis(millis / 2 + hash % (millis / 2 + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_caps_at_an_hour() {
+        let first = backoff(1, "k");
+        assert!(first >= Duration::from_millis(2500) && first <= Duration::from_secs(5));
+        let third = backoff(3, "k");
+        assert!(third >= Duration::from_secs(10) && third <= Duration::from_secs(20));
+        assert!(backoff(40, "k") <= Duration::from_secs(3600));
+        assert_ne!(backoff(5, "a"), backoff(5, "b"));
+    }
+
+    #[test]
+    fn a_channel_may_have_claimed_what_it_delivers_in_a_quarter_of_the_lease() {
+        let slot = Slot::new(4);
+        // No answer yet: twice the concurrency.
+        assert_eq!(slot.room(), 8);
+        slot.claimed.fetch_add(8, Ordering::Relaxed);
+        assert_eq!(slot.room(), 0);
+        // A provider taking 10 s: 3 rounds in 30 s, 12 messages.
+        slot.record_pace(Duration::from_secs(10));
+        assert_eq!(slot.allowance(), 12);
+        // A slow one: still twice the concurrency.
+        let slow = Slot::new(4);
+        slow.record_pace(Duration::from_secs(60));
+        assert_eq!(slow.allowance(), 8);
+        // A fast one: as many as the dispatcher holds.
+        let fast = Slot::new(4);
+        fast.record_pace(Duration::from_micros(50));
+        assert_eq!(fast.allowance(), MAX_IN_HAND);
+    }
+}

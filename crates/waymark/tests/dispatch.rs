@@ -1,0 +1,200 @@
+//! The outbox dispatcher over a real SQLite store: a channel never has more deliveries in
+//! flight than its `concurrency`, and while it is saturated other channels go on.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{Map, Value, json};
+use tokio::sync::{Semaphore, watch};
+use waymark::channels::Channels;
+use waymark::config::Config;
+use waymark::daemon::{Daemon, Input};
+use waymark_channel::{
+    Channel, ChannelKind, ConfigError, Delivery, DeliveryError, OutboundMessage, Registry,
+};
+use waymark_scheduler::{ChannelDirectory, Engine, SystemClock};
+use waymark_store::SqliteStore;
+
+const SLOW: &str = "
+id: slow_news
+trigger:
+  api: true
+steps:
+  note:
+    send: slow
+    template: note
+";
+
+const FAST: &str = "
+id: fast_news
+trigger:
+  api: true
+steps:
+  note:
+    send: fast
+    template: note
+";
+
+const NOTE: &str = "
+slow:
+  text: \"News for {{ profile.id }}\"
+fast:
+  text: \"News for {{ profile.id }}\"
+";
+
+/// What a channel saw: deliveries in flight now and at most, and done.
+#[derive(Default)]
+struct Seen {
+    in_flight: AtomicUsize,
+    most_in_flight: AtomicUsize,
+    delivered: AtomicUsize,
+}
+
+/// A channel whose deliveries wait at a gate (when it has one) until the test opens it.
+struct Recording {
+    seen: Arc<Seen>,
+    gate: Option<Arc<Semaphore>>,
+}
+
+#[async_trait]
+impl Channel for Recording {
+    async fn deliver(&self, _message: &OutboundMessage) -> Result<Delivery, DeliveryError> {
+        let now = self.seen.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.seen.most_in_flight.fetch_max(now, Ordering::SeqCst);
+        if let Some(gate) = &self.gate
+            && let Ok(permit) = gate.acquire().await
+        {
+            permit.forget();
+        }
+        self.seen.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.seen.delivered.fetch_add(1, Ordering::SeqCst);
+        Ok(Delivery::default())
+    }
+}
+
+/// `kind: gated` and `kind: open`, sharing what they see with the test.
+struct RecordingKind {
+    kind: &'static str,
+    seen: Arc<Seen>,
+    gate: Option<Arc<Semaphore>>,
+}
+
+impl ChannelKind for RecordingKind {
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    fn address_trait(&self) -> Option<&'static str> {
+        None
+    }
+
+    fn build(&self, _name: &str, _config: &Value) -> Result<Arc<dyn Channel>, ConfigError> {
+        Ok(Arc::new(Recording {
+            seen: self.seen.clone(),
+            gate: self.gate.clone(),
+        }))
+    }
+}
+
+fn write(root: &Path, file: &str, text: &str) {
+    let path = root.join(file);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+/// Waits (without asserting on time) until `done` holds.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    for _ in 0..3000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("gave up waiting until {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_never_has_more_deliveries_in_flight_than_its_concurrency() {
+    let dir = tempfile::tempdir().unwrap();
+    let journeys = dir.path().join("journeys");
+    write(&journeys, "slow.yaml", SLOW);
+    write(&journeys, "fast.yaml", FAST);
+    write(&journeys, "templates/note.yaml", NOTE);
+    let (workspace, _) = waymark_journey::load(&journeys).unwrap();
+
+    let slow = Arc::new(Seen::default());
+    let fast = Arc::new(Seen::default());
+    let gate = Arc::new(Semaphore::new(0));
+    let registry = Registry::new()
+        .with(RecordingKind {
+            kind: "gated",
+            seen: slow.clone(),
+            gate: Some(gate.clone()),
+        })
+        .with(RecordingKind {
+            kind: "open",
+            seen: fast.clone(),
+            gate: None,
+        });
+    let mut config = Config::defaults();
+    config.journeys = journeys;
+    config.defaults = false;
+    config.channels = [
+        (
+            "slow".to_owned(),
+            json!({"kind": "gated", "concurrency": 2}),
+        ),
+        ("fast".to_owned(), json!({"kind": "open"})),
+    ]
+    .into_iter()
+    .collect();
+    let channels = Arc::new(Channels::build(&registry, &config.channels, false).unwrap());
+    let directory: Arc<dyn ChannelDirectory> = channels.clone();
+    let engine = Engine::new(workspace, config.policy.clone(), directory);
+    let store = SqliteStore::open_path(&dir.path().join("w.db"))
+        .await
+        .unwrap()
+        .shared();
+    let daemon = Daemon::new(store, engine, channels, Arc::new(SystemClock), config);
+
+    for (journey, customers) in [("slow_news", 10), ("fast_news", 5)] {
+        for i in 0..customers {
+            let input = Input::Enroll {
+                journey: journey.to_owned(),
+                properties: Map::new(),
+            };
+            daemon.call(&format!("{journey}-{i}"), input).await.unwrap();
+        }
+    }
+    let (stop, stopped) = watch::channel(false);
+    let dispatcher = tokio::spawn(daemon.clone().dispatch_loop(stopped));
+
+    // The slow provider holds every delivery it gets: it has as many as it may...
+    until("the slow channel is full and the fast one done", || {
+        slow.in_flight.load(Ordering::SeqCst) >= 2 && fast.delivered.load(Ordering::SeqCst) == 5
+    })
+    .await;
+    // ...and not one more, while the fast channel delivered everything meanwhile.
+    assert_eq!(slow.most_in_flight.load(Ordering::SeqCst), 2);
+    assert_eq!(slow.delivered.load(Ordering::SeqCst), 0);
+
+    gate.add_permits(100);
+    until("every slow message is delivered", || {
+        slow.delivered.load(Ordering::SeqCst) == 10
+    })
+    .await;
+    assert_eq!(slow.most_in_flight.load(Ordering::SeqCst), 2);
+    let store = daemon.store.clone();
+    for _ in 0..3000 {
+        if store.depths().await.unwrap().outbox_pending == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(store.depths().await.unwrap().outbox_pending, 0);
+    let _ = stop.send(true);
+    dispatcher.await.unwrap();
+}
