@@ -86,6 +86,10 @@ const RAW_BATCH: usize = 1_000;
 /// Distinct customers the HTTP load spreads its events over.
 const HTTP_CUSTOMERS: u64 = 100_000;
 
+/// The allocator of the `waymark` binary, so that the daemon is measured as it ships.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
