@@ -47,7 +47,8 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgExecutor, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres, Row, Transaction};
 
-use crate::codec::{MAX_ALIAS_HOPS, instant, json_text, nanos, strings};
+use crate::codec::{MAX_ALIAS_HOPS, json_text, nanos};
+use crate::tables::Columns as _;
 use crate::{
     Commit, Customer, DEDUP_WINDOW, Depths, DueTimer, Error, Ingested, JourneyCounts,
     LoggedMessage, NewEvent, OutboxMessage, Result, SentRef, Store, StoredEvent, tables,
@@ -364,14 +365,9 @@ impl Store for PostgresStore {
 
     async fn recent_events(&self, customer: &str, limit: u32) -> Result<Vec<StoredEvent>> {
         let customer = resolve_in(&self.pool, customer).await?;
-        let rows = sqlx::query(
-            "SELECT seq, customer, name, at, properties, message_id, processed FROM events
-             WHERE customer = $1 ORDER BY at DESC, seq DESC LIMIT $2",
-        )
-        .bind(&customer)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = tables::recent_events(&customer, limit)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(tables::stored_event).collect()
     }
 
@@ -426,15 +422,9 @@ impl Store for PostgresStore {
         provider_id: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        sqlx::query(
-            "UPDATE outbox SET status = 'sent', provider_id = $2, done_at = $3, last_error = NULL
-             WHERE idempotency_key = $1 AND status = 'pending'",
-        )
-        .bind(key)
-        .bind(provider_id)
-        .bind(nanos(now))
-        .execute(&self.pool)
-        .await?;
+        tables::outbox_sent(key, provider_id, now)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -444,15 +434,9 @@ impl Store for PostgresStore {
         error: &str,
         next_attempt_at: DateTime<Utc>,
     ) -> Result<()> {
-        sqlx::query(
-            "UPDATE outbox SET next_attempt_at = $2, last_error = $3
-             WHERE idempotency_key = $1 AND status = 'pending'",
-        )
-        .bind(key)
-        .bind(nanos(next_attempt_at))
-        .bind(error)
-        .execute(&self.pool)
-        .await?;
+        tables::outbox_retry(key, error, next_attempt_at)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -473,15 +457,9 @@ impl Store for PostgresStore {
 
     async fn recent_messages(&self, customer: &str, limit: u32) -> Result<Vec<LoggedMessage>> {
         let customer = resolve_in(&self.pool, customer).await?;
-        let rows = sqlx::query(
-            "SELECT m.*, o.status AS delivery, o.provider_id AS provider_id
-             FROM message_log m LEFT JOIN outbox o ON o.idempotency_key = m.idempotency_key
-             WHERE m.customer = $1 ORDER BY m.at DESC, m.idempotency_key DESC LIMIT $2",
-        )
-        .bind(&customer)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = tables::recent_messages(&customer, limit)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(tables::logged_message).collect()
     }
 
@@ -491,40 +469,18 @@ impl Store for PostgresStore {
         provider_id: Option<&str>,
         address: Option<&str>,
     ) -> Result<Option<SentRef>> {
-        // Two statements rather than one with a condition on which argument is given, so
-        // each keeps its own index (outbox_provider_id, outbox_address).
-        let query = match (provider_id, address) {
-            (Some(id), _) => sqlx::query(
-                "SELECT idempotency_key, customer, journey, step FROM outbox
-                 WHERE channel = $1 AND provider_id = $2 LIMIT 1",
-            )
-            .bind(channel)
-            .bind(id),
-            (None, Some(address)) => sqlx::query(
-                "SELECT idempotency_key, customer, journey, step FROM outbox
-                 WHERE channel = $1 AND address = $2 AND status = 'sent'
-                 ORDER BY created_at DESC LIMIT 1",
-            )
-            .bind(channel)
-            .bind(address),
-            (None, None) => return Ok(None),
+        let Some(query) = tables::find_sent_message(channel, provider_id, address) else {
+            return Ok(None);
         };
         let row = query.fetch_optional(&self.pool).await?;
         row.as_ref().map(tables::sent_ref).transpose()
     }
 
     async fn setting_or_insert(&self, name: &str, value: &str) -> Result<String> {
-        // The no-op update makes the statement return the stored value when there is one,
-        // including one a concurrent first writer committed after this statement began.
-        Ok(sqlx::query_scalar(
-            "INSERT INTO settings (name, value) VALUES ($1, $2)
-             ON CONFLICT (name) DO UPDATE SET value = settings.value
-             RETURNING value",
-        )
-        .bind(name)
-        .bind(value)
-        .fetch_one(&self.pool)
-        .await?)
+        let row = tables::setting_or_insert(name, value)
+            .fetch_one(&self.pool)
+            .await?;
+        row.text("value")
     }
 
     async fn record_journey_version(
@@ -534,16 +490,9 @@ impl Store for PostgresStore {
         files: &BTreeMap<String, String>,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO journey_versions (journey, version, files, loaded_at)
-             VALUES ($1, $2, $3, $4) ON CONFLICT (journey, version) DO NOTHING",
-        )
-        .bind(journey)
-        .bind(version)
-        .bind(json_text(files))
-        .bind(nanos(now))
-        .execute(&self.pool)
-        .await?;
+        tables::record_journey_version(journey, version, files, now)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -552,74 +501,47 @@ impl Store for PostgresStore {
         journey: &str,
         version: &str,
     ) -> Result<Option<BTreeMap<String, String>>> {
-        let files: Option<String> = sqlx::query_scalar(
-            "SELECT files FROM journey_versions WHERE journey = $1 AND version = $2",
-        )
-        .bind(journey)
-        .bind(version)
-        .fetch_optional(&self.pool)
-        .await?;
-        files
-            .map(|f| strings(&f, "journey_versions.files"))
-            .transpose()
+        let row = tables::journey_version_files(journey, version)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(tables::version_files).transpose()
     }
 
     async fn active_versions(&self) -> Result<Vec<(String, String)>> {
-        Ok(sqlx::query_as(
-            "SELECT DISTINCT journey, version FROM enrollments WHERE status = 'active'
-             ORDER BY journey, version",
-        )
-        .fetch_all(&self.pool)
-        .await?)
+        let rows = tables::active_versions().fetch_all(&self.pool).await?;
+        rows.iter().map(tables::active_version).collect()
     }
 
     async fn journey_counts(&self, journey: &str) -> Result<JourneyCounts> {
-        let rows = sqlx::query(
-            "SELECT version, step, status, variant, COUNT(*) AS n FROM enrollments
-             WHERE journey = $1 GROUP BY version, step, status, variant",
-        )
-        .bind(journey)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = tables::count_enrollments(journey)
+            .fetch_all(&self.pool)
+            .await?;
         tables::journey_counts(&rows)
     }
 
     async fn customer_ids(&self, after: &str, limit: u32) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT id FROM profiles WHERE merged_into IS NULL AND id > $1 ORDER BY id LIMIT $2",
-        )
-        .bind(after)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?)
+        let rows = tables::customer_ids(after, limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|row| row.text("id")).collect()
     }
 
     async fn schedule_tick(&self, journey: &str) -> Result<Option<DateTime<Utc>>> {
-        let at: Option<i64> =
-            sqlx::query_scalar("SELECT next_at FROM schedule_ticks WHERE journey = $1")
-                .bind(journey)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(at.map(instant))
+        let row = tables::schedule_tick(journey)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(tables::tick).transpose()
     }
 
     async fn set_schedule_tick(&self, journey: &str, next: DateTime<Utc>) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO schedule_ticks (journey, next_at) VALUES ($1, $2)
-             ON CONFLICT (journey) DO UPDATE SET next_at = EXCLUDED.next_at",
-        )
-        .bind(journey)
-        .bind(nanos(next))
-        .execute(&self.pool)
-        .await?;
+        tables::set_schedule_tick(journey, next)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
     async fn prune(&self, now: DateTime<Utc>) -> Result<u64> {
-        let done = sqlx::query("DELETE FROM message_ids WHERE received_at < $1")
-            .bind(nanos(now - DEDUP_WINDOW))
-            .execute(&self.pool)
-            .await?;
+        let done = tables::prune(now).execute(&self.pool).await?;
         Ok(done.rows_affected())
     }
 

@@ -21,7 +21,8 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 
-use crate::codec::{MAX_ALIAS_HOPS, instant, json_text, nanos, strings};
+use crate::codec::{MAX_ALIAS_HOPS, json_text, nanos};
+use crate::tables::Columns as _;
 use crate::{
     Commit, Customer, DEDUP_WINDOW, Depths, DueTimer, Error, Ingested, JourneyCounts,
     LoggedMessage, NewEvent, OutboxMessage, Result, SentRef, Store, StoredEvent, tables,
@@ -406,14 +407,9 @@ impl Store for SqliteStore {
 
     async fn recent_events(&self, customer: &str, limit: u32) -> Result<Vec<StoredEvent>> {
         let customer = self.resolve_in(customer).await?;
-        let rows = sqlx::query(
-            "SELECT seq, customer, name, at, properties, message_id, processed FROM events
-             WHERE customer = ? ORDER BY at DESC, seq DESC LIMIT ?",
-        )
-        .bind(&customer)
-        .bind(i64::from(limit))
-        .fetch_all(&self.reader)
-        .await?;
+        let rows = tables::recent_events(&customer, limit)
+            .fetch_all(&self.reader)
+            .await?;
         rows.iter().map(tables::stored_event).collect()
     }
 
@@ -467,15 +463,9 @@ impl Store for SqliteStore {
         provider_id: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        sqlx::query(
-            "UPDATE outbox SET status = 'sent', provider_id = ?, done_at = ?, last_error = NULL
-             WHERE idempotency_key = ? AND status = 'pending'",
-        )
-        .bind(provider_id)
-        .bind(nanos(now))
-        .bind(key)
-        .execute(&self.writer)
-        .await?;
+        tables::outbox_sent(key, provider_id, now)
+            .execute(&self.writer)
+            .await?;
         Ok(())
     }
 
@@ -493,15 +483,9 @@ impl Store for SqliteStore {
         error: &str,
         next_attempt_at: DateTime<Utc>,
     ) -> Result<()> {
-        sqlx::query(
-            "UPDATE outbox SET next_attempt_at = ?, last_error = ?
-             WHERE idempotency_key = ? AND status = 'pending'",
-        )
-        .bind(nanos(next_attempt_at))
-        .bind(error)
-        .bind(key)
-        .execute(&self.writer)
-        .await?;
+        tables::outbox_retry(key, error, next_attempt_at)
+            .execute(&self.writer)
+            .await?;
         Ok(())
     }
 
@@ -529,15 +513,9 @@ impl Store for SqliteStore {
 
     async fn recent_messages(&self, customer: &str, limit: u32) -> Result<Vec<LoggedMessage>> {
         let customer = self.resolve_in(customer).await?;
-        let rows = sqlx::query(
-            "SELECT m.*, o.status AS delivery, o.provider_id AS provider_id
-             FROM message_log m LEFT JOIN outbox o ON o.idempotency_key = m.idempotency_key
-             WHERE m.customer = ? ORDER BY m.at DESC, m.idempotency_key DESC LIMIT ?",
-        )
-        .bind(&customer)
-        .bind(i64::from(limit))
-        .fetch_all(&self.reader)
-        .await?;
+        let rows = tables::recent_messages(&customer, limit)
+            .fetch_all(&self.reader)
+            .await?;
         rows.iter().map(tables::logged_message).collect()
     }
 
@@ -547,47 +525,18 @@ impl Store for SqliteStore {
         provider_id: Option<&str>,
         address: Option<&str>,
     ) -> Result<Option<SentRef>> {
-        let row = match (provider_id, address) {
-            (Some(id), _) => {
-                sqlx::query(
-                    "SELECT idempotency_key, customer, journey, step FROM outbox
-                     WHERE channel = ? AND provider_id = ? LIMIT 1",
-                )
-                .bind(channel)
-                .bind(id)
-                .fetch_optional(&self.reader)
-                .await?
-            }
-            (None, Some(address)) => {
-                sqlx::query(
-                    "SELECT idempotency_key, customer, journey, step FROM outbox
-                     WHERE channel = ? AND address = ? AND status = 'sent'
-                     ORDER BY created_at DESC LIMIT 1",
-                )
-                .bind(channel)
-                .bind(address)
-                .fetch_optional(&self.reader)
-                .await?
-            }
-            (None, None) => None,
+        let Some(query) = tables::find_sent_message(channel, provider_id, address) else {
+            return Ok(None);
         };
+        let row = query.fetch_optional(&self.reader).await?;
         row.as_ref().map(tables::sent_ref).transpose()
     }
 
     async fn setting_or_insert(&self, name: &str, value: &str) -> Result<String> {
-        sqlx::query(
-            "INSERT INTO settings (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
-        )
-        .bind(name)
-        .bind(value)
-        .execute(&self.writer)
-        .await?;
-        Ok(
-            sqlx::query_scalar("SELECT value FROM settings WHERE name = ?")
-                .bind(name)
-                .fetch_one(&self.writer)
-                .await?,
-        )
+        let row = tables::setting_or_insert(name, value)
+            .fetch_one(&self.writer)
+            .await?;
+        row.text("value")
     }
 
     async fn record_journey_version(
@@ -597,16 +546,9 @@ impl Store for SqliteStore {
         files: &BTreeMap<String, String>,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO journey_versions (journey, version, files, loaded_at) VALUES (?, ?, ?, ?)
-             ON CONFLICT (journey, version) DO NOTHING",
-        )
-        .bind(journey)
-        .bind(version)
-        .bind(json_text(files))
-        .bind(nanos(now))
-        .execute(&self.writer)
-        .await?;
+        tables::record_journey_version(journey, version, files, now)
+            .execute(&self.writer)
+            .await?;
         Ok(())
     }
 
@@ -615,77 +557,47 @@ impl Store for SqliteStore {
         journey: &str,
         version: &str,
     ) -> Result<Option<BTreeMap<String, String>>> {
-        let files: Option<String> = sqlx::query_scalar(
-            "SELECT files FROM journey_versions WHERE journey = ? AND version = ?",
-        )
-        .bind(journey)
-        .bind(version)
-        .fetch_optional(&self.reader)
-        .await?;
-        files
-            .map(|f| strings(&f, "journey_versions.files"))
-            .transpose()
+        let row = tables::journey_version_files(journey, version)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(tables::version_files).transpose()
     }
 
     async fn active_versions(&self) -> Result<Vec<(String, String)>> {
-        let rows = sqlx::query(
-            "SELECT DISTINCT journey, version FROM enrollments WHERE status = 'active'
-             ORDER BY journey, version",
-        )
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter()
-            .map(|row| Ok((row.try_get("journey")?, row.try_get("version")?)))
-            .collect()
+        let rows = tables::active_versions().fetch_all(&self.reader).await?;
+        rows.iter().map(tables::active_version).collect()
     }
 
     async fn journey_counts(&self, journey: &str) -> Result<JourneyCounts> {
-        let rows = sqlx::query(
-            "SELECT version, step, status, variant, COUNT(*) AS n FROM enrollments
-             WHERE journey = ? GROUP BY version, step, status, variant",
-        )
-        .bind(journey)
-        .fetch_all(&self.reader)
-        .await?;
+        let rows = tables::count_enrollments(journey)
+            .fetch_all(&self.reader)
+            .await?;
         tables::journey_counts(&rows)
     }
 
     async fn customer_ids(&self, after: &str, limit: u32) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT id FROM profiles WHERE merged_into IS NULL AND id > ? ORDER BY id LIMIT ?",
-        )
-        .bind(after)
-        .bind(i64::from(limit))
-        .fetch_all(&self.reader)
-        .await?)
+        let rows = tables::customer_ids(after, limit)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(|row| row.text("id")).collect()
     }
 
     async fn schedule_tick(&self, journey: &str) -> Result<Option<DateTime<Utc>>> {
-        let at: Option<i64> =
-            sqlx::query_scalar("SELECT next_at FROM schedule_ticks WHERE journey = ?")
-                .bind(journey)
-                .fetch_optional(&self.reader)
-                .await?;
-        Ok(at.map(instant))
+        let row = tables::schedule_tick(journey)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(tables::tick).transpose()
     }
 
     async fn set_schedule_tick(&self, journey: &str, next: DateTime<Utc>) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO schedule_ticks (journey, next_at) VALUES (?, ?)
-             ON CONFLICT (journey) DO UPDATE SET next_at = excluded.next_at",
-        )
-        .bind(journey)
-        .bind(nanos(next))
-        .execute(&self.writer)
-        .await?;
+        tables::set_schedule_tick(journey, next)
+            .execute(&self.writer)
+            .await?;
         Ok(())
     }
 
     async fn prune(&self, now: DateTime<Utc>) -> Result<u64> {
-        let done = sqlx::query("DELETE FROM message_ids WHERE received_at < ?")
-            .bind(nanos(now - DEDUP_WINDOW))
-            .execute(&self.writer)
-            .await?;
+        let done = tables::prune(now).execute(&self.writer).await?;
         Ok(done.rows_affected())
     }
 

@@ -2,9 +2,12 @@
 //!
 //! The backends differ in how they lock, dedup and claim, not in which value goes in which
 //! column: the tables have the same columns in both, so decoding a row into the engine's
-//! types, binding the engine's types, and the plain statements of a commit that both
-//! dialects read alike are written once here, over sqlx's generic row and query types.
+//! types, binding the engine's types, and every statement both dialects read alike (with
+//! `$N` placeholders, which SQLite takes too) are written once here, over sqlx's generic
+//! row and query types. What stays in each backend is what differs: locking, dedup, the
+//! outbox claim, and reads whose SQL each dialect indexes its own way.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -19,8 +22,8 @@ use crate::codec::{
     bools, count, instant, json_text, nanos, object, send_outcome, status, status_text, strings,
 };
 use crate::{
-    Customer, Depths, DueTimer, JourneyCounts, LoggedMessage, NewEvent, OutboxMessage, Result,
-    SentRef, StoredEvent,
+    Customer, DEDUP_WINDOW, Depths, DueTimer, JourneyCounts, LoggedMessage, NewEvent,
+    OutboxMessage, Result, SentRef, StoredEvent,
 };
 
 /// A result row of either backend, read by column name. Flags are `BOOLEAN` in PostgreSQL
@@ -314,6 +317,220 @@ where
     )
     .int(nanos(now))
     .int(nanos(now + lease))
+}
+
+/// A customer's handled and unhandled events, newest first.
+pub(crate) fn recent_events<DB: Database>(customer: &str, limit: u32) -> Statement<DB>
+where
+    Statement<DB>: Params,
+{
+    sqlx::query(
+        "SELECT seq, customer, name, at, properties, message_id, processed FROM events
+         WHERE customer = $1 ORDER BY at DESC, seq DESC LIMIT $2",
+    )
+    .text(customer)
+    .int(i64::from(limit))
+}
+
+/// A customer's message-log rows, newest first, each with its outbox row's `delivery`
+/// (status) and `provider_id`; read with [`logged_message`].
+pub(crate) fn recent_messages<DB: Database>(customer: &str, limit: u32) -> Statement<DB>
+where
+    Statement<DB>: Params,
+{
+    sqlx::query(
+        "SELECT m.*, o.status AS delivery, o.provider_id AS provider_id
+         FROM message_log m LEFT JOIN outbox o ON o.idempotency_key = m.idempotency_key
+         WHERE m.customer = $1 ORDER BY m.at DESC, m.idempotency_key DESC LIMIT $2",
+    )
+    .text(customer)
+    .int(i64::from(limit))
+}
+
+/// The outbox row a provider's callback is about, by the provider's message id or else by
+/// the address last sent to on `channel`; read with [`sent_ref`]. Two statements rather
+/// than one with a condition on which is given, so each keeps its own index
+/// (`outbox_provider_id`, `outbox_address`). `None` when neither is given.
+pub(crate) fn find_sent_message<DB: Database>(
+    channel: &str,
+    provider_id: Option<&str>,
+    address: Option<&str>,
+) -> Option<Statement<DB>>
+where
+    Statement<DB>: Params,
+{
+    Some(match (provider_id, address) {
+        (Some(id), _) => sqlx::query(
+            "SELECT idempotency_key, customer, journey, step FROM outbox
+             WHERE channel = $1 AND provider_id = $2 LIMIT 1",
+        )
+        .text(channel)
+        .text(id),
+        (None, Some(address)) => sqlx::query(
+            "SELECT idempotency_key, customer, journey, step FROM outbox
+             WHERE channel = $1 AND address = $2 AND status = 'sent'
+             ORDER BY created_at DESC LIMIT 1",
+        )
+        .text(channel)
+        .text(address),
+        (None, None) => return None,
+    })
+}
+
+/// Records a delivery of a pending outbox row.
+pub(crate) fn outbox_sent<DB: Database>(
+    key: &str,
+    provider_id: Option<&str>,
+    now: DateTime<Utc>,
+) -> Statement<DB>
+where
+    Statement<DB>: Params,
+{
+    sqlx::query(
+        "UPDATE outbox SET status = 'sent', provider_id = $2, done_at = $3, last_error = NULL
+         WHERE idempotency_key = $1 AND status = 'pending'",
+    )
+    .text(key)
+    .opt_text(provider_id)
+    .int(nanos(now))
+}
+
+/// Records a failed attempt of a pending outbox row and when to try again.
+pub(crate) fn outbox_retry<DB: Database>(
+    key: &str,
+    error: &str,
+    next_attempt_at: DateTime<Utc>,
+) -> Statement<DB>
+where
+    Statement<DB>: Params,
+{
+    sqlx::query(
+        "UPDATE outbox SET next_attempt_at = $2, last_error = $3
+         WHERE idempotency_key = $1 AND status = 'pending'",
+    )
+    .text(key)
+    .int(nanos(next_attempt_at))
+    .text(error)
+}
+
+/// The setting `name`, inserted as `value` if missing; returns the stored `value` column.
+/// The no-op update makes the statement return the stored value when there is one,
+/// including one a concurrent first writer committed after this statement began.
+pub(crate) fn setting_or_insert<DB: Database>(name: &str, value: &str) -> Statement<DB>
+where
+    Statement<DB>: Params,
+{
+    sqlx::query(
+        "INSERT INTO settings (name, value) VALUES ($1, $2)
+         ON CONFLICT (name) DO UPDATE SET value = settings.value
+         RETURNING value",
+    )
+    .text(name)
+    .text(value)
+}
+
+/// Keeps a journey version's files, unless that version is kept already.
+pub(crate) fn record_journey_version<DB: Database>(
+    journey: &str,
+    version: &str,
+    files: &BTreeMap<String, String>,
+    now: DateTime<Utc>,
+) -> Statement<DB>
+where
+    Statement<DB>: Params,
+{
+    sqlx::query(
+        "INSERT INTO journey_versions (journey, version, files, loaded_at)
+         VALUES ($1, $2, $3, $4) ON CONFLICT (journey, version) DO NOTHING",
+    )
+    .text(journey)
+    .text(version)
+    .text(&json_text(files))
+    .int(nanos(now))
+}
+
+/// The `files` column of a kept journey version; read with [`version_files`].
+pub(crate) fn journey_version_files<DB: Database>(journey: &str, version: &str) -> Statement<DB>
+where
+    Statement<DB>: Params,
+{
+    sqlx::query("SELECT files FROM journey_versions WHERE journey = $1 AND version = $2")
+        .text(journey)
+        .text(version)
+}
+
+pub(crate) fn version_files(row: &impl Columns) -> Result<BTreeMap<String, String>> {
+    strings(&row.text("files")?, "journey_versions.files")
+}
+
+/// `journey` and `version` of every version with an active enrollment; read with
+/// [`active_version`].
+pub(crate) fn active_versions<DB: Database>() -> Statement<DB> {
+    sqlx::query(
+        "SELECT DISTINCT journey, version FROM enrollments WHERE status = 'active'
+         ORDER BY journey, version",
+    )
+}
+
+pub(crate) fn active_version(row: &impl Columns) -> Result<(String, String)> {
+    Ok((row.text("journey")?, row.text("version")?))
+}
+
+/// A journey's enrollments, counted by version, step, status and variant; read with
+/// [`journey_counts`].
+pub(crate) fn count_enrollments<DB: Database>(journey: &str) -> Statement<DB>
+where
+    Statement<DB>: Params,
+{
+    sqlx::query(
+        "SELECT version, step, status, variant, COUNT(*) AS n FROM enrollments
+         WHERE journey = $1 GROUP BY version, step, status, variant",
+    )
+    .text(journey)
+}
+
+/// The `id`s of stored customers (not merged away) after `after`, in order.
+pub(crate) fn customer_ids<DB: Database>(after: &str, limit: u32) -> Statement<DB>
+where
+    Statement<DB>: Params,
+{
+    sqlx::query(
+        "SELECT id FROM profiles WHERE merged_into IS NULL AND id > $1 ORDER BY id LIMIT $2",
+    )
+    .text(after)
+    .int(i64::from(limit))
+}
+
+/// The `next_at` of a schedule journey's next tick; read with [`tick`].
+pub(crate) fn schedule_tick<DB: Database>(journey: &str) -> Statement<DB>
+where
+    Statement<DB>: Params,
+{
+    sqlx::query("SELECT next_at FROM schedule_ticks WHERE journey = $1").text(journey)
+}
+
+pub(crate) fn tick(row: &impl Columns) -> Result<DateTime<Utc>> {
+    Ok(instant(row.int("next_at")?))
+}
+
+pub(crate) fn set_schedule_tick<DB: Database>(journey: &str, next: DateTime<Utc>) -> Statement<DB>
+where
+    Statement<DB>: Params,
+{
+    sqlx::query(
+        "INSERT INTO schedule_ticks (journey, next_at) VALUES ($1, $2)
+         ON CONFLICT (journey) DO UPDATE SET next_at = excluded.next_at",
+    )
+    .text(journey)
+    .int(nanos(next))
+}
+
+/// Forgets the `messageId`s received before the dedup window.
+pub(crate) fn prune<DB: Database>(now: DateTime<Utc>) -> Statement<DB>
+where
+    Statement<DB>: Params,
+{
+    sqlx::query("DELETE FROM message_ids WHERE received_at < $1").int(nanos(now - DEDUP_WINDOW))
 }
 
 /// From `customer`, `id` and `wake_at` of an `enrollments` row.
