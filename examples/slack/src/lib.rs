@@ -60,6 +60,7 @@ use waymark_channel::{
     Channel, ChannelKind, ConfigError, Delivery, DeliveryError, OutboundMessage, body_snippet,
     parse_config,
 };
+use waymark_channel_http as http;
 
 /// Long enough for a slow answer, short enough that a hung connection does not hold an
 /// outbox worker for minutes.
@@ -114,9 +115,7 @@ impl ChannelKind for SlackKind {
             Some(0) => return Err(error("timeout", "must be at least 1 second")),
             Some(seconds) => Duration::from_secs(seconds),
         };
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
+        let client = http::client(timeout)
             .map_err(|e| error("webhook_url", &format!("cannot set up HTTP: {e}")))?;
         Ok(Arc::new(SlackChannel {
             client,
@@ -135,25 +134,14 @@ struct SlackChannel {
 impl Channel for SlackChannel {
     async fn deliver(&self, message: &OutboundMessage) -> Result<Delivery, DeliveryError> {
         let payload = payload(message).map_err(DeliveryError::permanent)?;
-        let response = self
-            .client
-            .post(self.webhook_url.clone())
-            .json(&payload)
-            .send()
-            .await
-            .map_err(transport_error)?;
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let answer = response.bytes().await.map_err(transport_error)?;
-        if (200..300).contains(&status) {
+        // The URL holds the secret: `http` drops it from transport errors.
+        let request = self.client.post(self.webhook_url.clone()).json(&payload);
+        let answer = http::send(request, "Slack").await?;
+        if answer.is_success() {
             // Slack gives no message id for a webhook post.
             return Ok(Delivery::default());
         }
-        Err(classify(status, retry_after.as_deref(), &answer))
+        Err(classify(&answer))
     }
 }
 
@@ -190,18 +178,12 @@ fn payload(message: &OutboundMessage) -> Result<Value, String> {
 }
 
 /// Classifies a refusal; Slack's reason (such as `channel_is_archived`) is the body.
-fn classify(status: u16, retry_after: Option<&str>, answer: &[u8]) -> DeliveryError {
-    let reason = body_snippet(answer);
-    match status {
+fn classify(answer: &http::Answer) -> DeliveryError {
+    let reason = body_snippet(&answer.body);
+    match answer.status {
         // Every 404 and 410 Slack documents for webhooks means the destination is gone:
         // the channel was deleted or archived, or the webhook was removed.
-        404 | 410 => DeliveryError::address_gone(format!("Slack {status}: {reason}")),
-        _ => DeliveryError::from_http_status(status, retry_after, format!("Slack: {reason}")),
+        404 | 410 => DeliveryError::address_gone(format!("Slack {}: {reason}", answer.status)),
+        _ => answer.status_error_with(format!("Slack: {reason}")),
     }
-}
-
-/// A request that got no answer: retryable. The URL is dropped: it holds the secret.
-fn transport_error(error: reqwest::Error) -> DeliveryError {
-    let error = error.without_url();
-    DeliveryError::unreachable("Slack", error.is_timeout(), &error)
 }

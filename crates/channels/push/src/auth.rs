@@ -5,6 +5,7 @@
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
 use waymark_channel::{DeliveryError, body_snippet};
+use waymark_channel_http as http;
 
 use crate::Clock;
 
@@ -169,26 +170,16 @@ impl TokenSource {
         let assertion = self.account.assertion(now).map_err(|e| {
             DeliveryError::permanent(format!("cannot sign the service-account assertion: {e}"))
         })?;
-        let response = self
-            .client
-            .post(self.account.token_uri.clone())
-            .form(&[
-                ("grant_type", GRANT_TYPE),
-                ("assertion", assertion.as_str()),
-            ])
-            .send()
-            .await
-            .map_err(|e| crate::transport_error("the Google token endpoint", e))?;
-        let status = response.status().as_u16();
-        let retry_after = crate::retry_after(&response);
-        let answer = response
-            .bytes()
-            .await
-            .map_err(|e| crate::transport_error("the Google token endpoint", e))?;
-        if (200..300).contains(&status) {
-            let token: TokenAnswer = serde_json::from_slice(&answer).map_err(|e| {
+        let request = self.client.post(self.account.token_uri.clone()).form(&[
+            ("grant_type", GRANT_TYPE),
+            ("assertion", assertion.as_str()),
+        ]);
+        let answer = http::send(request, "the Google token endpoint").await?;
+        if answer.is_success() {
+            let token: TokenAnswer = serde_json::from_slice(&answer.body).map_err(|e| {
                 DeliveryError::retryable(format!(
-                    "the Google token endpoint answered {status} without a token: {e}"
+                    "the Google token endpoint answered {} without a token: {e}",
+                    answer.status
                 ))
             })?;
             return Ok(AccessToken {
@@ -196,17 +187,15 @@ impl TokenSource {
                 expires_at: now + token.expires_in.unwrap_or(DEFAULT_TOKEN_LIFETIME_SECS),
             });
         }
-        let why = match serde_json::from_slice::<TokenRefusal>(&answer) {
+        let why = match serde_json::from_slice::<TokenRefusal>(&answer.body) {
             Ok(refusal) => match refusal.error_description {
                 Some(description) => format!("{}: {description}", refusal.error),
                 None => refusal.error,
             },
-            Err(_) => body_snippet(&answer),
+            Err(_) => body_snippet(&answer.body),
         };
-        Err(DeliveryError::from_http_status(
-            status,
-            retry_after.as_deref(),
-            format!("the Google token endpoint refused the service account: {why}"),
-        ))
+        Err(answer.status_error_with(format!(
+            "the Google token endpoint refused the service account: {why}"
+        )))
     }
 }

@@ -67,6 +67,7 @@ use serde_json::{Value, json};
 use waymark_channel::{
     Channel, ChannelKind, ConfigError, Delivery, DeliveryError, OutboundMessage, parse_config,
 };
+use waymark_channel_http as http;
 
 mod auth;
 mod refusal;
@@ -172,9 +173,7 @@ impl ChannelKind for FcmKind {
             Some(0) => return Err(error("timeout", "must be at least 1 second")),
             Some(seconds) => Duration::from_secs(seconds),
         };
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
+        let client = http::client(timeout)
             .map_err(|e| error("base_url", &format!("cannot set up HTTP: {e}")))?;
 
         Ok(Arc::new(FcmChannel {
@@ -209,23 +208,14 @@ impl Channel for FcmChannel {
         let body = fcm_message(registration_token, message).map_err(DeliveryError::permanent)?;
         let access_token = self.tokens.token().await?;
 
-        let response = self
+        let request = self
             .client
             .post(&self.send_url)
             .bearer_auth(&access_token)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| transport_error("FCM", e))?;
-        let status = response.status().as_u16();
-        let retry_after = retry_after(&response);
-        let answer = response
-            .bytes()
-            .await
-            .map_err(|e| transport_error("FCM", e))?;
-
-        if (200..300).contains(&status) {
-            let provider_id = serde_json::from_slice::<Sent>(&answer)
+            .json(&body);
+        let answer = http::send(request, "FCM").await?;
+        if answer.is_success() {
+            let provider_id = serde_json::from_slice::<Sent>(&answer.body)
                 .ok()
                 .and_then(|sent| sent.name);
             return Ok(Delivery {
@@ -233,11 +223,11 @@ impl Channel for FcmChannel {
                 detail: None,
             });
         }
-        let refusal = Refusal::parse(status, &answer);
+        let refusal = Refusal::parse(answer.status, &answer.body);
         if refusal.refuses_access_token() {
             self.tokens.forget(&access_token).await;
         }
-        Err(refusal.into_delivery_error(retry_after.as_deref()))
+        Err(refusal.into_delivery_error(answer.retry_after.as_deref()))
     }
 }
 
@@ -276,18 +266,4 @@ fn fcm_message(registration_token: &str, message: &OutboundMessage) -> Result<Va
         fcm["data"] = json!(data);
     }
     Ok(json!({ "message": fcm }))
-}
-
-/// A request that got no answer: retryable.
-fn transport_error(provider: &str, error: reqwest::Error) -> DeliveryError {
-    let error = error.without_url();
-    DeliveryError::unreachable(provider, error.is_timeout(), &error)
-}
-
-fn retry_after(response: &reqwest::Response) -> Option<String> {
-    response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
 }

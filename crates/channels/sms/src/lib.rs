@@ -45,6 +45,7 @@ use waymark_channel::{
     Channel, ChannelKind, ConfigError, Delivery, DeliveryError, OutboundMessage, Receipt,
     ReceiptError, ReceiptStatus, StatusCallback, body_snippet, decode_form, parse_config,
 };
+use waymark_channel_http as http;
 
 mod segments;
 mod smsru;
@@ -120,9 +121,7 @@ impl ChannelKind for TwilioKind {
         if config.timeout == 0 {
             return Err(error("`timeout`: must be at least 1 second"));
         }
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(config.timeout))
-            .build()
+        let client = http::client(Duration::from_secs(config.timeout))
             .map_err(|e| error(&format!("cannot set up HTTP: {e}")))?;
         Ok(Arc::new(Twilio {
             endpoint: format!(
@@ -169,24 +168,15 @@ impl Channel for Twilio {
         if let Some(callback) = &self.status_callback {
             form.push(("StatusCallback", callback));
         }
-        let response = self
+        let request = self
             .client
             .post(&self.endpoint)
             .basic_auth(&self.account_sid, Some(&self.auth_token))
-            .form(&form)
-            .send()
-            .await
-            .map_err(|e| {
-                let e = e.without_url();
-                DeliveryError::unreachable("Twilio", e.is_timeout(), &e)
-            })?;
-        let Answer {
-            status,
-            retry_after,
-            body: answer,
-        } = Answer::read(response).await;
-        if !(200..300).contains(&status) {
-            let twilio: Option<TwilioError> = serde_json::from_slice(&answer).ok();
+            .form(&form);
+        // No idempotency key: a 2xx whose body is lost must not send the message again.
+        let answer = http::send_lenient(request, "Twilio").await?;
+        if !answer.is_success() {
+            let twilio: Option<TwilioError> = serde_json::from_slice(&answer.body).ok();
             let reason = twilio
                 .as_ref()
                 .and_then(|e| {
@@ -196,20 +186,16 @@ impl Channel for Twilio {
                         e.message.as_deref().unwrap_or("")
                     ))
                 })
-                .unwrap_or_else(|| body_snippet(&answer));
+                .unwrap_or_else(|| body_snippet(&answer.body));
             if twilio
                 .and_then(|e| e.code)
                 .is_some_and(|code| ADDRESS_GONE.contains(&code))
             {
                 return Err(DeliveryError::address_gone(reason));
             }
-            return Err(DeliveryError::from_http_status(
-                status,
-                retry_after.as_deref(),
-                reason,
-            ));
+            return Err(answer.status_error_with(reason));
         }
-        let sid = serde_json::from_slice::<serde_json::Value>(&answer)
+        let sid = serde_json::from_slice::<serde_json::Value>(&answer.body)
             .ok()
             .and_then(|v| v.get("sid")?.as_str().map(str::to_owned));
         let (encoding, count) = segments(text);
@@ -245,34 +231,6 @@ impl Channel for Twilio {
             status,
             detail: params.get("ErrorCode").map(|c| format!("Twilio error {c}")),
         }])
-    }
-}
-
-/// An HTTP answer, read whole: status, `Retry-After`, and body.
-struct Answer {
-    status: u16,
-    retry_after: Option<String>,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    async fn read(response: reqwest::Response) -> Answer {
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let body = response
-            .bytes()
-            .await
-            .map(|b| b.to_vec())
-            .unwrap_or_default();
-        Answer {
-            status,
-            retry_after,
-            body,
-        }
     }
 }
 

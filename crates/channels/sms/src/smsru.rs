@@ -27,6 +27,7 @@ use waymark_channel::{
     Channel, ChannelKind, ConfigError, Delivery, DeliveryError, OutboundMessage, body_snippet,
     parse_config,
 };
+use waymark_channel_http as http;
 
 use crate::segments;
 
@@ -81,9 +82,7 @@ impl ChannelKind for SmsRuKind {
         if config.timeout == 0 {
             return Err(error("`timeout`: must be at least 1 second".to_owned()));
         }
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(config.timeout))
-            .build()
+        let client = http::client(Duration::from_secs(config.timeout))
             .map_err(|e| error(format!("cannot set up HTTP: {e}")))?;
         Ok(Arc::new(SmsRu {
             endpoint: format!("{}/sms/send", config.base_url.trim_end_matches('/')),
@@ -154,41 +153,26 @@ impl Channel for SmsRu {
         if let Some(from) = &self.from {
             form.push(("from", from));
         }
-        let response = self
-            .client
-            .post(&self.endpoint)
-            .form(&form)
-            .send()
-            .await
-            .map_err(|e| {
-                let e = e.without_url();
-                DeliveryError::unreachable("SMS.ru", e.is_timeout(), &e)
-            })?;
-        let crate::Answer {
-            status,
-            retry_after,
-            body,
-        } = crate::Answer::read(response).await;
-        if !(200..300).contains(&status) {
-            return Err(DeliveryError::from_http_status(
-                status,
-                retry_after.as_deref(),
-                body_snippet(&body),
-            ));
+        let request = self.client.post(&self.endpoint).form(&form);
+        // The status decides, as for Twilio: a body lost after a 2xx is read as empty, which
+        // is not SMS.ru's JSON and retries below.
+        let answer = http::send_lenient(request, "SMS.ru").await?;
+        if !answer.is_success() {
+            return Err(answer.status_error());
         }
-        let answer: SendAnswer = serde_json::from_slice(&body).map_err(|e| {
+        let reply: SendAnswer = serde_json::from_slice(&answer.body).map_err(|e| {
             DeliveryError::retryable(format!(
                 "SMS.ru answered something else than its JSON ({e}): {}",
-                body_snippet(&body)
+                body_snippet(&answer.body)
             ))
         })?;
-        if answer.status != "OK" {
-            return Err(refusal(answer.status_code, answer.status_text));
+        if reply.status != "OK" {
+            return Err(refusal(reply.status_code, reply.status_text));
         }
-        let number: NumberStatus = answer
+        let number: NumberStatus = reply
             .sms
             .get(&to)
-            .or_else(|| answer.sms.values().next())
+            .or_else(|| reply.sms.values().next())
             .and_then(|v| serde_json::from_value(v.clone()).ok())
             .ok_or_else(|| {
                 DeliveryError::retryable(format!("SMS.ru's answer has no status for {to}"))

@@ -66,8 +66,9 @@ use serde::Deserialize;
 use serde_json::json;
 use waymark_channel::{
     Channel, ChannelKind, ConfigError, Delivery, DeliveryError, OutboundMessage, Receipt,
-    ReceiptError, ReceiptStatus, StatusCallback, body_snippet, parse_config,
+    ReceiptError, ReceiptStatus, StatusCallback, parse_config,
 };
+use waymark_channel_http as http;
 
 const DEFAULT_BASE_URL: &str = "https://api.telegram.org";
 /// Long enough for a slow Bot API answer, short enough that a hung connection does not
@@ -179,9 +180,7 @@ impl TelegramChannel {
             Some(0) => return Err(error("timeout", "must be at least 1 second")),
             Some(seconds) => Duration::from_secs(seconds),
         };
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
+        let client = http::client(timeout)
             .map_err(|e| error("base_url", &format!("cannot build an HTTP client: {e}")))?;
 
         Ok(TelegramChannel {
@@ -213,27 +212,14 @@ impl Channel for TelegramChannel {
             body["parse_mode"] = json!(mode);
         }
 
-        let response = self
-            .client
-            .post(&self.send_url)
-            .json(&body)
-            .send()
-            .await
-            .map_err(transport_error)?;
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let bytes = response.bytes().await.map_err(transport_error)?;
-
-        match serde_json::from_slice::<ApiResponse>(&bytes) {
+        // The send URL holds the token: `http` drops it from transport errors.
+        let answer = http::send(self.client.post(&self.send_url).json(&body), "Telegram").await?;
+        match serde_json::from_slice::<ApiResponse>(&answer.body) {
             Ok(ApiResponse {
                 ok: Some(true),
                 result,
                 ..
-            }) if (200..300).contains(&status) => Ok(Delivery {
+            }) if answer.is_success() => Ok(Delivery {
                 provider_id: result.map(|m| {
                     let chat = m
                         .chat
@@ -243,22 +229,22 @@ impl Channel for TelegramChannel {
                 detail: None,
             }),
             Ok(
-                answer @ ApiResponse {
+                refusal @ ApiResponse {
                     ok: Some(false), ..
                 },
-            ) => Err(classify(status, retry_after.as_deref(), answer)),
+            ) => Err(classify(
+                answer.status,
+                answer.retry_after.as_deref(),
+                refusal,
+            )),
             // Telegram said 2xx but in words we cannot read: it has taken the message, and
             // sending it again would be a duplicate.
-            _ if (200..300).contains(&status) => Ok(Delivery {
+            _ if answer.is_success() => Ok(Delivery {
                 provider_id: None,
                 detail: Some("accepted; the answer had no message id".to_owned()),
             }),
             // Not the Bot API talking (a proxy, a load balancer): judge by the status.
-            _ => Err(DeliveryError::from_http_status(
-                status,
-                retry_after.as_deref(),
-                body_snippet(&bytes),
-            )),
+            _ => Err(answer.status_error()),
         }
     }
 
@@ -371,12 +357,6 @@ fn classify(status: u16, retry_after: Option<&str>, answer: ApiResponse) -> Deli
     DeliveryError::from_http_status(code, retry_after, format!("Telegram: {description}"))
 }
 
-/// A request that got no answer: retryable. The URL is dropped, as it holds the token.
-fn transport_error(error: reqwest::Error) -> DeliveryError {
-    let error = error.without_url();
-    DeliveryError::unreachable("Telegram", error.is_timeout(), &error)
-}
-
 /// Compares secrets without leaking, through timing, how much of a guess was right.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -421,6 +401,8 @@ struct CallbackMessage {
 
 #[cfg(test)]
 mod tests {
+    use waymark_channel::body_snippet;
+
     use super::*;
 
     #[test]

@@ -65,6 +65,7 @@ use waymark_channel::{
     Channel, ChannelKind, ConfigError, Delivery, DeliveryError, OutboundMessage, Receipt,
     ReceiptError, ReceiptStatus, StatusCallback, body_snippet, parse_config,
 };
+use waymark_channel_http as http;
 
 const DEFAULT_BASE_URL: &str = "https://chatapi.viber.com";
 /// Long enough for a slow Viber answer, short enough that a hung connection does not hold
@@ -164,9 +165,7 @@ impl ViberChannel {
             Some(0) => return Err(error("timeout", "must be at least 1 second")),
             Some(seconds) => Duration::from_secs(seconds),
         };
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
+        let client = http::client(timeout)
             .map_err(|e| error("base_url", &format!("cannot build an HTTP client: {e}")))?;
 
         Ok(ViberChannel {
@@ -200,43 +199,29 @@ impl Channel for ViberChannel {
             body["tracking_data"] = json!(message.idempotency_key);
         }
 
-        let response = self
+        let request = self
             .client
             .post(&self.send_url)
             .header(AUTH_HEADER, &self.auth_token)
-            .json(&body)
-            .send()
-            .await
-            .map_err(transport_error)?;
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let bytes = response.bytes().await.map_err(transport_error)?;
-
-        if !(200..300).contains(&status) {
-            return Err(DeliveryError::from_http_status(
-                status,
-                retry_after.as_deref(),
-                body_snippet(&bytes),
-            ));
+            .json(&body);
+        let answer = http::send(request, "Viber").await?;
+        if !answer.is_success() {
+            return Err(answer.status_error());
         }
-        let Ok(answer) = serde_json::from_slice::<SendAnswer>(&bytes) else {
+        let Ok(reply) = serde_json::from_slice::<SendAnswer>(&answer.body) else {
             // A 2xx that is not Viber's JSON: something in between answered, and whether
             // Viber has the message is unknown. Retrying risks a duplicate, not retrying
             // risks a loss; a proxy's error page is the likelier cause, so retry.
             return Err(DeliveryError::retryable(format!(
                 "Viber answered without its JSON: {}",
-                body_snippet(&bytes)
+                body_snippet(&answer.body)
             )));
         };
-        if answer.status != 0 {
-            return Err(classify(&answer));
+        if reply.status != 0 {
+            return Err(classify(&reply));
         }
         Ok(Delivery {
-            provider_id: answer.message_token.map(|t| t.to_string()),
+            provider_id: reply.message_token.map(|t| t.to_string()),
             detail: None,
         })
     }
@@ -290,12 +275,6 @@ fn classify(answer: &SendAnswer) -> DeliveryError {
         1..=24 => DeliveryError::permanent(reason),
         _ => DeliveryError::retryable(reason),
     }
-}
-
-/// A request that got no answer: retryable.
-fn transport_error(error: reqwest::Error) -> DeliveryError {
-    let error = error.without_url();
-    DeliveryError::unreachable("Viber", error.is_timeout(), &error)
 }
 
 #[derive(Deserialize)]

@@ -61,6 +61,7 @@ use waymark_channel::{
     Channel, ChannelKind, ConfigError, Delivery, DeliveryError, OutboundMessage, body_snippet,
     parse_config,
 };
+use waymark_channel_http as http;
 
 const DEFAULT_BASE_URL: &str = "https://api.vk.com";
 /// A VK API version current when this adapter was written; the answer shapes it relies
@@ -153,9 +154,7 @@ impl VkChannel {
             Some(0) => return Err(error("timeout", "must be at least 1 second")),
             Some(seconds) => Duration::from_secs(seconds),
         };
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
+        let client = http::client(timeout)
             .map_err(|e| error("base_url", &format!("cannot build an HTTP client: {e}")))?;
 
         Ok(VkChannel {
@@ -205,41 +204,25 @@ impl Channel for VkChannel {
             ("v", self.api_version.clone()),
         ];
 
-        let response = self
-            .client
-            .post(&self.send_url)
-            .form(&form)
-            .send()
-            .await
-            .map_err(transport_error)?;
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let bytes = response.bytes().await.map_err(transport_error)?;
-
-        if !(200..300).contains(&status) {
-            return Err(DeliveryError::from_http_status(
-                status,
-                retry_after.as_deref(),
-                body_snippet(&bytes),
-            ));
+        // A request that got no answer is retryable: `random_id` keeps a retry from
+        // duplicating.
+        let answer = http::send(self.client.post(&self.send_url).form(&form), "VK").await?;
+        if !answer.is_success() {
+            return Err(answer.status_error());
         }
-        let answer: Answer = serde_json::from_slice(&bytes).map_err(|_| {
+        let reply: Reply = serde_json::from_slice(&answer.body).map_err(|_| {
             // A 2xx that is not the VK API's JSON: something in between answered. Whether
             // VK sent the message is unknown; `random_id` makes a retry safe.
             DeliveryError::retryable(format!(
                 "VK answered without JSON: {}",
-                body_snippet(&bytes)
+                body_snippet(&answer.body)
             ))
         })?;
-        if let Some(error) = answer.error {
+        if let Some(error) = reply.error {
             return Err(classify(&error));
         }
         let detail = format!("random_id={random_id}");
-        match answer.response {
+        match reply.response {
             Some(Value::Number(id)) => Ok(Delivery {
                 provider_id: Some(id.to_string()),
                 detail: Some(detail),
@@ -267,8 +250,9 @@ impl Channel for VkChannel {
     }
 }
 
+/// The VK API's answer: `response` on success, `error` on failure.
 #[derive(Deserialize)]
-struct Answer {
+struct Reply {
     response: Option<Value>,
     error: Option<VkError>,
 }
@@ -293,12 +277,6 @@ fn classify(error: &VkError) -> DeliveryError {
         900 | 901 | 902 | 18 | 113 => DeliveryError::address_gone(reason),
         _ => DeliveryError::permanent(reason),
     }
-}
-
-/// A request that got no answer: retryable (`random_id` keeps a retry from duplicating).
-fn transport_error(error: reqwest::Error) -> DeliveryError {
-    let error = error.without_url();
-    DeliveryError::unreachable("VK", error.is_timeout(), &error)
 }
 
 #[cfg(test)]

@@ -34,9 +34,9 @@ use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 use waymark_channel::{
-    Channel, ChannelKind, ConfigError, Delivery, DeliveryError, OutboundMessage, body_snippet,
-    parse_config,
+    Channel, ChannelKind, ConfigError, Delivery, DeliveryError, OutboundMessage, parse_config,
 };
+use waymark_channel_http as http;
 
 /// `kind: webhook`.
 pub struct WebhookKind;
@@ -94,8 +94,7 @@ impl ChannelKind for WebhookKind {
         if config.timeout == 0 {
             return Err(error("`timeout`: must be at least 1 second".to_owned()));
         }
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(config.timeout))
+        let client = http::client_builder(Duration::from_secs(config.timeout))
             .default_headers(headers)
             .build()
             .map_err(|e| error(format!("cannot set up HTTP: {e}")))?;
@@ -139,25 +138,12 @@ impl Channel for Webhook {
                 sign(secret, timestamp, body.as_bytes()),
             );
         }
-        let response = request.body(body.to_owned()).send().await.map_err(|e| {
-            let e = e.without_url();
-            DeliveryError::unreachable("the webhook", e.is_timeout(), &e)
-        })?;
-        let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let answer = response.bytes().await.unwrap_or_default();
-        if !status.is_success() {
-            return Err(DeliveryError::from_http_status(
-                status.as_u16(),
-                retry_after.as_deref(),
-                body_snippet(&answer),
-            ));
+        // The receiver took the message once it answers 2xx, even if its body is then lost.
+        let answer = http::send_lenient(request.body(body.to_owned()), "the webhook").await?;
+        if !answer.is_success() {
+            return Err(answer.status_error());
         }
-        let provider_id = serde_json::from_slice::<serde_json::Value>(&answer)
+        let provider_id = serde_json::from_slice::<serde_json::Value>(&answer.body)
             .ok()
             .and_then(|v| match v.get("id")? {
                 serde_json::Value::String(s) => Some(s.clone()),
@@ -166,7 +152,7 @@ impl Channel for Webhook {
             });
         Ok(Delivery {
             provider_id,
-            detail: Some(format!("HTTP {}", status.as_u16())),
+            detail: Some(format!("HTTP {}", answer.status)),
         })
     }
 }

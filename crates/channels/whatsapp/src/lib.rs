@@ -88,8 +88,9 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 use waymark_channel::{
     Channel, ChannelKind, ConfigError, Delivery, DeliveryError, OutboundMessage, Receipt,
-    ReceiptError, ReceiptStatus, StatusCallback, body_snippet, parse_config,
+    ReceiptError, ReceiptStatus, StatusCallback, parse_config,
 };
+use waymark_channel_http as http;
 
 const DEFAULT_BASE_URL: &str = "https://graph.facebook.com";
 /// A Graph API version current when this adapter was written; Meta supports each version
@@ -199,9 +200,7 @@ impl WhatsAppChannel {
             Some(0) => return Err(error("timeout", "must be at least 1 second")),
             Some(seconds) => Duration::from_secs(seconds),
         };
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
+        let client = http::client(timeout)
             .map_err(|e| error("base_url", &format!("cannot build an HTTP client: {e}")))?;
 
         Ok(WhatsAppChannel {
@@ -283,27 +282,18 @@ impl Channel for WhatsAppChannel {
         let to = message.require_address()?;
         let body = Self::body(message, to)?;
 
-        let response = self
+        let request = self
             .client
             .post(&self.messages_url)
             .header(reqwest::header::AUTHORIZATION, &self.authorization)
-            .json(&body)
-            .send()
-            .await
-            .map_err(transport_error)?;
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let bytes = response.bytes().await.map_err(transport_error)?;
-
-        if (200..300).contains(&status) {
+            .json(&body);
+        let answer = http::send(request, "the WhatsApp Cloud API").await?;
+        if answer.is_success() {
             // Meta took the message; an answer we cannot read must not make the outbox send
             // it again.
-            let answer: Option<SendAnswer> = serde_json::from_slice(&bytes).ok();
-            let sent = answer.and_then(|a| a.messages.into_iter().next());
+            let sent = serde_json::from_slice::<SendAnswer>(&answer.body)
+                .ok()
+                .and_then(|a| a.messages.into_iter().next());
             return Ok(Delivery {
                 provider_id: sent.as_ref().map(|m| m.id.clone()),
                 detail: match sent {
@@ -316,17 +306,13 @@ impl Channel for WhatsAppChannel {
                 },
             });
         }
-        let error = serde_json::from_slice::<ErrorAnswer>(&bytes)
+        let error = serde_json::from_slice::<ErrorAnswer>(&answer.body)
             .ok()
             .and_then(|a| a.error)
             .and_then(|e| serde_json::from_value::<GraphError>(e).ok());
         Err(match error {
-            Some(error) => classify(status, retry_after.as_deref(), &error),
-            None => DeliveryError::from_http_status(
-                status,
-                retry_after.as_deref(),
-                body_snippet(&bytes),
-            ),
+            Some(error) => classify(answer.status, answer.retry_after.as_deref(), &error),
+            None => answer.status_error(),
         })
     }
 
@@ -432,12 +418,6 @@ fn classify(status: u16, retry_after: Option<&str>, error: &GraphError) -> Deliv
         )),
         _ => DeliveryError::from_http_status(status, retry_after, reason),
     }
-}
-
-/// A request that got no answer: retryable.
-fn transport_error(error: reqwest::Error) -> DeliveryError {
-    let error = error.without_url();
-    DeliveryError::unreachable("the WhatsApp Cloud API", error.is_timeout(), &error)
 }
 
 #[derive(Deserialize)]
