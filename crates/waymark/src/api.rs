@@ -158,7 +158,15 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
                 }
             })?;
         match serde_json::from_slice(&bytes) {
-            Ok(Value::Object(map)) => Ok(JsonObject(map)),
+            Ok(Value::Object(map)) => match nul_at(&map) {
+                // Neither database stores U+0000 in text; refused here, it is refused for
+                // every backend alike and before anything is written.
+                Some(field) => Err(ApiError::field(
+                    field,
+                    "must not contain the NUL character (U+0000)",
+                )),
+                None => Ok(JsonObject(map)),
+            },
             Ok(_) => Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "the body must be a JSON object",
@@ -169,6 +177,33 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
             )),
         }
     }
+}
+
+/// The path (`properties.note`, `batch[2].userId`) of the first key or string in `map`
+/// holding U+0000.
+fn nul_at(map: &Map<String, Value>) -> Option<String> {
+    fn walk(value: &Value, path: &str) -> Option<String> {
+        match value {
+            Value::String(s) if s.contains('\0') => Some(path.to_owned()),
+            Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .find_map(|(i, item)| walk(item, &format!("{path}[{i}]"))),
+            Value::Object(map) => in_object(map, &format!("{path}.")),
+            _ => None,
+        }
+    }
+    fn in_object(map: &Map<String, Value>, prefix: &str) -> Option<String> {
+        map.iter().find_map(|(key, value)| {
+            let path = format!("{prefix}{key}");
+            if key.contains('\0') {
+                Some(path)
+            } else {
+                walk(value, &path)
+            }
+        })
+    }
+    in_object(map, "")
 }
 
 /// Reads the fields of one object, naming them (with `prefix`) in errors.

@@ -220,6 +220,17 @@ async fn bad_requests_name_the_field() {
             "batch[0].event",
         ),
         ("/v1/journeys/vip/enroll", r#"{"properties": {}}"#, "userId"),
+        // Neither database keeps U+0000 in text.
+        (
+            "/v1/track",
+            r#"{"userId": "a\u0000b", "event": "x"}"#,
+            "userId",
+        ),
+        (
+            "/v1/batch",
+            r#"{"batch": [{"type": "identify", "userId": "a", "traits": {"tags": ["ok", "\u0000"]}}]}"#,
+            "batch[0].traits.tags[1]",
+        ),
     ];
     for (uri, body, field) in cases {
         let (status, answer) = call(&f, "POST", uri, Some(body)).await;
