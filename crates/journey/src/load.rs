@@ -402,15 +402,44 @@ fn report_segment_cycles(r: &mut Report<'_>, entries: &[(yaml::Key, Node)], edge
     }
 }
 
-/// The fields a template part may have, by channel.
-/// The fields a template part may have. `push` may also carry a notification `title`
-/// and an `image` URL, which a push notification shows beside its text.
+/// The fields a template part may have. `push` may also carry a notification `title`,
+/// an `image` URL, which a push notification shows beside its text, and `data`: key-value
+/// pairs for the app (a deep link, an order id).
 fn template_fields(channel: &str) -> &'static [&'static str] {
     match channel {
         "email" => &["subject", "html", "text"],
-        "push" => &["title", "text", "image"],
+        "push" => &["title", "text", "image", PUSH_DATA],
         _ => &["text", "body"],
     }
+}
+
+/// A push part's map of texts for the app, each rendered as the field `data.NAME`.
+const PUSH_DATA: &str = "data";
+
+/// The entries of a push part's `data` map as `(data.NAME, text)`. FCM refuses the
+/// names it reserves (`from`, `message_type`, and those starting with `google.` or
+/// `gcm.notification.`), so they are errors here rather than refused messages later.
+fn push_data<'n>(r: &mut Report<'_>, node: &'n Node, part_what: &str) -> Vec<(String, &'n Node)> {
+    let Some(entries) = parse::map(r, node, &format!("`data` in {part_what}")) else {
+        return Vec::new();
+    };
+    let mut texts = Vec::new();
+    for (key, value) in entries {
+        let name = key.name.as_str();
+        let reserved = matches!(name, "from" | "message_type")
+            || name.starts_with("google.")
+            || name.starts_with("gcm.notification.");
+        if reserved {
+            r.error_key(
+                key,
+                codes::TEMPLATE_SHAPE,
+                format!("`data.{name}` in {part_what}: FCM reserves this name for itself"),
+            );
+        } else {
+            texts.push((format!("{PUSH_DATA}.{name}"), value));
+        }
+    }
+    texts
 }
 
 fn load_template(
@@ -466,17 +495,27 @@ fn load_template(
                 format!("{why}, in {part_what}"),
             );
         }
-        let mut texts = BTreeMap::new();
+        // Each text with the name it is rendered under: a field's own, or `data.NAME` for
+        // the entries of a push part's `data` map.
+        let mut sources = Vec::new();
         for (field, value) in fields {
             if !allowed.contains(&field.name.as_str()) {
                 continue;
             }
-            let Some(text) = parse::string(&mut r, value, &format!("`{}`", field.name)) else {
+            if field.name == PUSH_DATA {
+                sources.extend(push_data(&mut r, value, &part_what));
+            } else {
+                sources.push((field.name.clone(), value));
+            }
+        }
+        let mut texts = BTreeMap::new();
+        for (field, value) in sources {
+            let Some(text) = parse::string(&mut r, value, &format!("`{field}`")) else {
                 continue;
             };
             match parse_liquid(&text) {
                 Ok(liquid) => {
-                    texts.insert(field.name.clone(), liquid);
+                    texts.insert(field, liquid);
                 }
                 Err(e) => {
                     let (offset, why) = liquid_error(&e);
@@ -486,8 +525,8 @@ fn load_template(
                         if pos == value.pos { value.len } else { 1 },
                         codes::INVALID_LIQUID,
                         format!(
-                            "invalid Liquid in `{}.{}` of {what}: {why}",
-                            channel.name, field.name
+                            "invalid Liquid in `{}.{field}` of {what}: {why}",
+                            channel.name
                         ),
                     );
                 }

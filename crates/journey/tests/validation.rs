@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use tempfile::TempDir;
+use waymark_journey::template::RenderContext;
 use waymark_journey::{Diagnostic, Severity, graph, load};
 
 const SEGMENTS: &str = "segments:\n  vip:\n    where: profile.vip == true\n";
@@ -147,6 +148,36 @@ fn a_push_part_may_have_a_title_and_an_image() {
     let errors = errors_in(dir.path());
     assert_eq!(errors.len(), 2, "{errors:#?}");
     assert!(errors.iter().any(|e| e.message.contains("`title`")));
+}
+
+#[test]
+fn a_push_part_may_carry_data_for_the_app() {
+    let journey =
+        "id: j\ntrigger: {event: signed_up}\nsteps:\n  hi:\n    send: push\n    template: note\n";
+    let note = "push:\n  text: Your order\n  data:\n    order_id: \"{{ trigger.order }}\"\n    link: app://orders\n";
+    let dir = workspace(&[("j.yaml", journey), ("templates/note.yaml", note)]);
+    let (loaded, _) = load(dir.path()).unwrap();
+    let trigger = serde_json::json!({"order": "A-17"});
+    let ctx = RenderContext {
+        profile: &serde_json::Map::new(),
+        profile_id: "ann",
+        event: &serde_json::Map::new(),
+        trigger: trigger.as_object().unwrap(),
+        journey_id: "j",
+    };
+    let rendered = loaded.templates["note"].render("push", &ctx).unwrap();
+    assert_eq!(rendered["data.order_id"], "A-17");
+    assert_eq!(rendered["data.link"], "app://orders");
+    assert_eq!(rendered["text"], "Your order");
+
+    // Names FCM keeps for itself are refused where they are written.
+    let note = "push:\n  text: Hi\n  data:\n    from: shop\n    google.c: x\n";
+    let dir = workspace(&[("j.yaml", journey), ("templates/note.yaml", note)]);
+    let errors = errors_in(dir.path());
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert!(errors[0].message.contains("`data.from`"), "{errors:#?}");
+    assert_eq!(errors[0].pos.line, 4);
+    assert_eq!(errors[1].pos.line, 5);
 }
 
 #[test]
