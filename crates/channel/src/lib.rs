@@ -339,6 +339,89 @@ pub fn parse_config<T: DeserializeOwned>(
     })
 }
 
+/// The checks every adapter's `build` makes on its config section, with errors that name
+/// the channel and the key: "channel `sms`: `timeout`: must be at least 1 second".
+///
+/// ```
+/// use std::time::Duration;
+/// use waymark_channel::ConfigCheck;
+///
+/// let check = ConfigCheck::new("telegram");
+/// let base_url = check.base_url(Some("http://127.0.0.1:8080/"), "https://api.telegram.org")?;
+/// let timeout = check.timeout(None, Duration::from_secs(30))?;
+/// assert_eq!(base_url, "http://127.0.0.1:8080");
+/// assert_eq!(timeout, Duration::from_secs(30));
+/// assert_eq!(
+///     check.error("bot_token", "must not be empty").to_string(),
+///     "channel `telegram`: `bot_token`: must not be empty"
+/// );
+/// # Ok::<(), waymark_channel::ConfigError>(())
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct ConfigCheck<'a> {
+    channel: &'a str,
+}
+
+impl<'a> ConfigCheck<'a> {
+    /// Checks for the config section of the channel named `channel`.
+    pub fn new(channel: &'a str) -> Self {
+        ConfigCheck { channel }
+    }
+
+    /// An error about the value of `key`: "`{key}`: {message}".
+    pub fn error(&self, key: &str, message: impl std::fmt::Display) -> ConfigError {
+        ConfigError {
+            channel: self.channel.to_owned(),
+            message: format!("`{key}`: {message}"),
+        }
+    }
+
+    /// An error about the section rather than one key, such as two keys that conflict:
+    /// the message as it is.
+    pub fn section_error(&self, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            channel: self.channel.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    /// The `timeout` key, in seconds: `default` when it is not set.
+    ///
+    /// # Errors
+    /// A timeout of 0, see [`ConfigCheck::seconds`].
+    pub fn timeout(
+        &self,
+        seconds: Option<u64>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        seconds.map_or(Ok(default), |seconds| self.seconds("timeout", seconds))
+    }
+
+    /// A duration in whole seconds under `key`, for a key whose default serde fills in.
+    ///
+    /// # Errors
+    /// 0 seconds: a request that may take no time at all could never succeed.
+    pub fn seconds(&self, key: &str, seconds: u64) -> Result<Duration, ConfigError> {
+        if seconds == 0 {
+            return Err(self.error(key, "must be at least 1 second"));
+        }
+        Ok(Duration::from_secs(seconds))
+    }
+
+    /// The `base_url` key: the provider's API host `default` when it is not set, without
+    /// the trailing `/`, so that adapters append their paths with `format!("{base}/...")`.
+    ///
+    /// # Errors
+    /// A URL that does not start with `http://` or `https://`.
+    pub fn base_url(&self, value: Option<&str>, default: &str) -> Result<String, ConfigError> {
+        let base_url = value.unwrap_or(default);
+        if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
+            return Err(self.error("base_url", "expected an http:// or https:// URL"));
+        }
+        Ok(base_url.trim_end_matches('/').to_owned())
+    }
+}
+
 /// The channel kinds a daemon knows, listed in one place.
 #[derive(Default, Clone)]
 pub struct Registry {
@@ -374,21 +457,87 @@ impl Registry {
         name: &str,
         config: &serde_json::Value,
     ) -> Result<(Arc<dyn Channel>, Option<&'static str>), ConfigError> {
-        let error = |message: String| ConfigError {
-            channel: name.to_owned(),
-            message,
-        };
+        let check = ConfigCheck::new(name);
         let kind = config
             .get("kind")
             .and_then(serde_json::Value::as_str)
-            .ok_or_else(|| error("missing `kind`".to_owned()))?;
+            .ok_or_else(|| check.section_error("missing `kind`"))?;
         let kind = self.kind(kind).ok_or_else(|| {
             let known: Vec<_> = self.kinds().collect();
-            error(format!(
+            check.section_error(format!(
                 "unknown kind `{kind}`; known kinds: {}",
                 known.join(", ")
             ))
         })?;
         Ok((kind.build(name, config)?, kind.address_trait()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEFAULT: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn a_timeout_defaults_and_refuses_zero() {
+        let check = ConfigCheck::new("sms");
+        assert_eq!(check.timeout(None, DEFAULT), Ok(DEFAULT));
+        assert_eq!(check.timeout(Some(1), DEFAULT), Ok(Duration::from_secs(1)));
+        assert_eq!(
+            check.timeout(Some(0), DEFAULT),
+            Err(ConfigError {
+                channel: "sms".to_owned(),
+                message: "`timeout`: must be at least 1 second".to_owned(),
+            })
+        );
+        assert_eq!(check.seconds("timeout", 45), Ok(Duration::from_secs(45)));
+        assert_eq!(
+            check.seconds("timeout", 0).map_err(|e| e.to_string()),
+            Err("channel `sms`: `timeout`: must be at least 1 second".to_owned())
+        );
+    }
+
+    #[test]
+    fn a_base_url_defaults_needs_a_scheme_and_loses_its_trailing_slash() {
+        let check = ConfigCheck::new("vk");
+        let default = "https://api.vk.com";
+        assert_eq!(check.base_url(None, default).as_deref(), Ok(default));
+        assert_eq!(
+            check
+                .base_url(Some("http://127.0.0.1:8080/"), default)
+                .as_deref(),
+            Ok("http://127.0.0.1:8080")
+        );
+        assert_eq!(
+            check
+                .base_url(Some("https://proxy.example/vk//"), default)
+                .as_deref(),
+            Ok("https://proxy.example/vk")
+        );
+        for refused in ["api.vk.com", "ftp://api.vk.com", "", "HTTPS//api.vk.com"] {
+            assert_eq!(
+                check.base_url(Some(refused), default),
+                Err(ConfigError {
+                    channel: "vk".to_owned(),
+                    message: "`base_url`: expected an http:// or https:// URL".to_owned(),
+                }),
+                "{refused:?}"
+            );
+        }
+        // The default is held to the same rule: a typo in an adapter's constant shows.
+        assert!(check.base_url(None, "api.vk.com").is_err());
+    }
+
+    #[test]
+    fn an_error_names_the_channel_and_the_key() {
+        let error = ConfigCheck::new("email").error("from", format!("not {}", "an address"));
+        assert_eq!(error.channel, "email");
+        assert_eq!(error.message, "`from`: not an address");
+        assert_eq!(error.to_string(), "channel `email`: `from`: not an address");
+
+        let error = ConfigCheck::new("sms").section_error("set exactly one of `from` and `sid`");
+        assert_eq!(error.channel, "sms");
+        assert_eq!(error.message, "set exactly one of `from` and `sid`");
     }
 }

@@ -57,8 +57,8 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use waymark_channel::{
-    Channel, ChannelKind, ConfigError, Delivery, DeliveryError, OutboundMessage, body_snippet,
-    parse_config,
+    Channel, ChannelKind, ConfigCheck, ConfigError, Delivery, DeliveryError, OutboundMessage,
+    body_snippet, parse_config,
 };
 use waymark_channel_http as http;
 
@@ -96,27 +96,20 @@ impl ChannelKind for SlackKind {
         config: &serde_json::Value,
     ) -> Result<Arc<dyn Channel>, ConfigError> {
         let config: SlackConfig = parse_config(name, config)?;
-        let error = |key: &str, message: &str| ConfigError {
-            channel: name.to_owned(),
-            message: format!("`{key}`: {message}"),
-        };
+        let check = ConfigCheck::new(name);
         // The parse error never quotes the URL, and neither does this message.
         let webhook_url = reqwest::Url::parse(config.webhook_url.trim())
             .ok()
             .filter(|url| matches!(url.scheme(), "http" | "https"))
             .ok_or_else(|| {
-                error(
+                check.error(
                     "webhook_url",
                     "expected the https://hooks.slack.com/services/... URL Slack gave",
                 )
             })?;
-        let timeout = match config.timeout {
-            None => DEFAULT_TIMEOUT,
-            Some(0) => return Err(error("timeout", "must be at least 1 second")),
-            Some(seconds) => Duration::from_secs(seconds),
-        };
+        let timeout = check.timeout(config.timeout, DEFAULT_TIMEOUT)?;
         let client = http::client(timeout)
-            .map_err(|e| error("webhook_url", &format!("cannot set up HTTP: {e}")))?;
+            .map_err(|e| check.error("webhook_url", format!("cannot set up HTTP: {e}")))?;
         Ok(Arc::new(SlackChannel {
             client,
             webhook_url,

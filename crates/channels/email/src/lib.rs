@@ -59,7 +59,8 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncTransport, Message, Tokio1Executor};
 use serde::Deserialize;
 use waymark_channel::{
-    Channel, ChannelKind, ConfigError, Delivery, DeliveryError, OutboundMessage, parse_config,
+    Channel, ChannelKind, ConfigCheck, ConfigError, Delivery, DeliveryError, OutboundMessage,
+    parse_config,
 };
 
 /// How long one delivery (connect, TLS, login, send) may take when the config does not
@@ -129,14 +130,11 @@ struct SmtpChannel {
 
 impl SmtpChannel {
     fn new(name: &str, config: SmtpConfig) -> Result<Self, ConfigError> {
-        let error = |key: &str, message: String| ConfigError {
-            channel: name.to_owned(),
-            message: format!("`{key}`: {message}"),
-        };
+        let check = ConfigCheck::new(name);
 
         let mut builder =
             AsyncSmtpTransport::<Tokio1Executor>::from_url(&config.url).map_err(|e| {
-                error(
+                check.error(
                     "url",
                     format!(
                         "{e}; expected smtp://host[:port] (no TLS), \
@@ -151,31 +149,25 @@ impl SmtpChannel {
                 builder = builder.credentials(Credentials::new(username, password));
             }
             (Some(_), None) => {
-                return Err(error(
+                return Err(check.error(
                     "password",
-                    "missing: `username` is set, so `password` is needed too".to_owned(),
+                    "missing: `username` is set, so `password` is needed too",
                 ));
             }
             (None, Some(_)) => {
-                return Err(error(
+                return Err(check.error(
                     "username",
-                    "missing: `password` is set, so `username` is needed too".to_owned(),
+                    "missing: `password` is set, so `username` is needed too",
                 ));
             }
             (None, None) => {}
         }
 
-        let timeout = match config.timeout {
-            None => DEFAULT_TIMEOUT,
-            Some(0) => {
-                return Err(error("timeout", "must be at least 1 second".to_owned()));
-            }
-            Some(seconds) => Duration::from_secs(seconds),
-        };
+        let timeout = check.timeout(config.timeout, DEFAULT_TIMEOUT)?;
         builder = builder.timeout(Some(timeout));
 
         let from: Mailbox = config.from.parse().map_err(|e| {
-            error(
+            check.error(
                 "from",
                 format!("not an email address ({e}): {:?}", config.from),
             )
@@ -184,7 +176,7 @@ impl SmtpChannel {
         if !message_id_domain.is_ascii() {
             // A Message-ID must be ASCII; rather than guess an encoding, ask for the
             // punycode form the DNS uses anyway.
-            return Err(error(
+            return Err(check.error(
                 "from",
                 format!("write the domain `{message_id_domain}` in its ASCII (punycode) form"),
             ));
@@ -193,7 +185,7 @@ impl SmtpChannel {
             .reply_to
             .map(|reply_to| {
                 reply_to.parse::<Mailbox>().map_err(|e| {
-                    error(
+                    check.error(
                         "reply_to",
                         format!("not an email address ({e}): {reply_to:?}"),
                     )

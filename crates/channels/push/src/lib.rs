@@ -65,7 +65,8 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use waymark_channel::{
-    Channel, ChannelKind, ConfigError, Delivery, DeliveryError, OutboundMessage, parse_config,
+    Channel, ChannelKind, ConfigCheck, ConfigError, Delivery, DeliveryError, OutboundMessage,
+    parse_config,
 };
 use waymark_channel_http as http;
 
@@ -145,10 +146,7 @@ impl ChannelKind for FcmKind {
         config: &serde_json::Value,
     ) -> Result<Arc<dyn Channel>, ConfigError> {
         let config: FcmConfig = parse_config(name, config)?;
-        let error = |key: &str, message: &str| ConfigError {
-            channel: name.to_owned(),
-            message: format!("`{key}`: {message}"),
-        };
+        let check = ConfigCheck::new(name);
 
         // A path segment of the send URL.
         let project_id = config.project_id.trim();
@@ -157,30 +155,20 @@ impl ChannelKind for FcmKind {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | ':'))
         {
-            return Err(error(
+            return Err(check.error(
                 "project_id",
                 "expected a Firebase project id, such as `shop-prod`",
             ));
         }
         let account = ServiceAccount::parse(&config.service_account_json)
-            .map_err(|why| error("service_account_json", &why))?;
-        let base_url = config.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
-        if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
-            return Err(error("base_url", "expected an http:// or https:// URL"));
-        }
-        let timeout = match config.timeout {
-            None => DEFAULT_TIMEOUT,
-            Some(0) => return Err(error("timeout", "must be at least 1 second")),
-            Some(seconds) => Duration::from_secs(seconds),
-        };
+            .map_err(|why| check.error("service_account_json", why))?;
+        let base_url = check.base_url(config.base_url.as_deref(), DEFAULT_BASE_URL)?;
+        let timeout = check.timeout(config.timeout, DEFAULT_TIMEOUT)?;
         let client = http::client(timeout)
-            .map_err(|e| error("base_url", &format!("cannot set up HTTP: {e}")))?;
+            .map_err(|e| check.error("base_url", format!("cannot set up HTTP: {e}")))?;
 
         Ok(Arc::new(FcmChannel {
-            send_url: format!(
-                "{}/v1/projects/{project_id}/messages:send",
-                base_url.trim_end_matches('/')
-            ),
+            send_url: format!("{base_url}/v1/projects/{project_id}/messages:send"),
             tokens: TokenSource::new(account, client.clone(), self.clock.clone()),
             client,
         }))

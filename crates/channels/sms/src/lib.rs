@@ -34,7 +34,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::Engine as _;
@@ -42,8 +41,8 @@ use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha1::Sha1;
 use waymark_channel::{
-    Channel, ChannelKind, ConfigError, Delivery, DeliveryError, OutboundMessage, Receipt,
-    ReceiptError, ReceiptStatus, StatusCallback, body_snippet, decode_form, parse_config,
+    Channel, ChannelKind, ConfigCheck, ConfigError, Delivery, DeliveryError, OutboundMessage,
+    Receipt, ReceiptError, ReceiptStatus, StatusCallback, body_snippet, decode_form, parse_config,
 };
 use waymark_channel_http as http;
 
@@ -102,27 +101,22 @@ impl ChannelKind for TwilioKind {
         config: &serde_json::Value,
     ) -> Result<Arc<dyn Channel>, ConfigError> {
         let config: Config = parse_config(name, config)?;
-        let error = |message: &str| ConfigError {
-            channel: name.to_owned(),
-            message: message.to_owned(),
-        };
+        let check = ConfigCheck::new(name);
         let sender = match (config.from, config.messaging_service_sid) {
             (Some(from), None) => ("From", from),
             (None, Some(service)) => ("MessagingServiceSid", service),
             _ => {
-                return Err(error(
-                    "set exactly one of `from` and `messaging_service_sid`",
-                ));
+                return Err(
+                    check.section_error("set exactly one of `from` and `messaging_service_sid`")
+                );
             }
         };
         if config.account_sid.is_empty() || config.auth_token.is_empty() {
-            return Err(error("`account_sid` and `auth_token` must not be empty"));
+            return Err(check.section_error("`account_sid` and `auth_token` must not be empty"));
         }
-        if config.timeout == 0 {
-            return Err(error("`timeout`: must be at least 1 second"));
-        }
-        let client = http::client(Duration::from_secs(config.timeout))
-            .map_err(|e| error(&format!("cannot set up HTTP: {e}")))?;
+        let timeout = check.seconds("timeout", config.timeout)?;
+        let client = http::client(timeout)
+            .map_err(|e| check.section_error(format!("cannot set up HTTP: {e}")))?;
         Ok(Arc::new(Twilio {
             endpoint: format!(
                 "{}/2010-04-01/Accounts/{}/Messages.json",

@@ -19,13 +19,12 @@
 //! not agreed, ...) fail the message with SMS.ru's text.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Deserialize;
 use waymark_channel::{
-    Channel, ChannelKind, ConfigError, Delivery, DeliveryError, OutboundMessage, body_snippet,
-    parse_config,
+    Channel, ChannelKind, ConfigCheck, ConfigError, Delivery, DeliveryError, OutboundMessage,
+    body_snippet, parse_config,
 };
 use waymark_channel_http as http;
 
@@ -72,18 +71,13 @@ impl ChannelKind for SmsRuKind {
         config: &serde_json::Value,
     ) -> Result<Arc<dyn Channel>, ConfigError> {
         let config: Config = parse_config(name, config)?;
-        let error = |message: String| ConfigError {
-            channel: name.to_owned(),
-            message,
-        };
+        let check = ConfigCheck::new(name);
         if config.api_id.is_empty() {
-            return Err(error("`api_id` must not be empty".to_owned()));
+            return Err(check.section_error("`api_id` must not be empty"));
         }
-        if config.timeout == 0 {
-            return Err(error("`timeout`: must be at least 1 second".to_owned()));
-        }
-        let client = http::client(Duration::from_secs(config.timeout))
-            .map_err(|e| error(format!("cannot set up HTTP: {e}")))?;
+        let timeout = check.seconds("timeout", config.timeout)?;
+        let client = http::client(timeout)
+            .map_err(|e| check.section_error(format!("cannot set up HTTP: {e}")))?;
         Ok(Arc::new(SmsRu {
             endpoint: format!("{}/sms/send", config.base_url.trim_end_matches('/')),
             api_id: config.api_id,

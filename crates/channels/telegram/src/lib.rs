@@ -65,8 +65,8 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::json;
 use waymark_channel::{
-    Channel, ChannelKind, ConfigError, Delivery, DeliveryError, OutboundMessage, Receipt,
-    ReceiptError, ReceiptStatus, StatusCallback, parse_config,
+    Channel, ChannelKind, ConfigCheck, ConfigError, Delivery, DeliveryError, OutboundMessage,
+    Receipt, ReceiptError, ReceiptStatus, StatusCallback, parse_config,
 };
 use waymark_channel_http as http;
 
@@ -129,16 +129,13 @@ struct TelegramChannel {
 
 impl TelegramChannel {
     fn new(name: &str, config: TelegramConfig) -> Result<Self, ConfigError> {
-        let error = |key: &str, message: &str| ConfigError {
-            channel: name.to_owned(),
-            message: format!("`{key}`: {message}"),
-        };
+        let check = ConfigCheck::new(name);
 
         // The token is a URL path segment; anything that would change the path is a typo
         // (or a pasted `bot` prefix), not a token.
         let token = config.bot_token.trim();
         if token.is_empty() || token.contains(['/', '?', '#', ' ']) {
-            return Err(error(
+            return Err(check.error(
                 "bot_token",
                 "expected the token @BotFather gave, such as `123456:ABC-DEF...`",
             ));
@@ -149,9 +146,9 @@ impl TelegramChannel {
             Some("HTML") => Some("HTML"),
             Some("MarkdownV2") => Some("MarkdownV2"),
             Some(other) => {
-                return Err(error(
+                return Err(check.error(
                     "parse_mode",
-                    &format!("`{other}` is not one of `HTML`, `MarkdownV2`"),
+                    format!("`{other}` is not one of `HTML`, `MarkdownV2`"),
                 ));
             }
         };
@@ -164,28 +161,21 @@ impl TelegramChannel {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
             if !valid {
-                return Err(error(
+                return Err(check.error(
                     "webhook_secret",
                     "Telegram accepts 1 to 256 characters of A-Z, a-z, 0-9, `_` and `-`",
                 ));
             }
         }
 
-        let base_url = config.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
-        if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
-            return Err(error("base_url", "expected an http:// or https:// URL"));
-        }
-        let timeout = match config.timeout {
-            None => DEFAULT_TIMEOUT,
-            Some(0) => return Err(error("timeout", "must be at least 1 second")),
-            Some(seconds) => Duration::from_secs(seconds),
-        };
+        let base_url = check.base_url(config.base_url.as_deref(), DEFAULT_BASE_URL)?;
+        let timeout = check.timeout(config.timeout, DEFAULT_TIMEOUT)?;
         let client = http::client(timeout)
-            .map_err(|e| error("base_url", &format!("cannot build an HTTP client: {e}")))?;
+            .map_err(|e| check.error("base_url", format!("cannot build an HTTP client: {e}")))?;
 
         Ok(TelegramChannel {
             client,
-            send_url: format!("{}/bot{token}/sendMessage", base_url.trim_end_matches('/')),
+            send_url: format!("{base_url}/bot{token}/sendMessage"),
             parse_mode,
             webhook_secret: config.webhook_secret,
         })

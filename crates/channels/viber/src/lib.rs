@@ -62,8 +62,8 @@ use serde::Deserialize;
 use serde_json::{Number, json};
 use sha2::Sha256;
 use waymark_channel::{
-    Channel, ChannelKind, ConfigError, Delivery, DeliveryError, OutboundMessage, Receipt,
-    ReceiptError, ReceiptStatus, StatusCallback, body_snippet, parse_config,
+    Channel, ChannelKind, ConfigCheck, ConfigError, Delivery, DeliveryError, OutboundMessage,
+    Receipt, ReceiptError, ReceiptStatus, StatusCallback, body_snippet, parse_config,
 };
 use waymark_channel_http as http;
 
@@ -130,47 +130,34 @@ struct ViberChannel {
 
 impl ViberChannel {
     fn new(name: &str, config: ViberConfig) -> Result<Self, ConfigError> {
-        let error = |key: &str, message: &str| ConfigError {
-            channel: name.to_owned(),
-            message: format!("`{key}`: {message}"),
-        };
+        let check = ConfigCheck::new(name);
 
         let auth_token = config.auth_token.trim();
         if auth_token.is_empty() || auth_token.contains(char::is_whitespace) {
-            return Err(error(
-                "auth_token",
-                "expected the bot's app key (no spaces)",
-            ));
+            return Err(check.error("auth_token", "expected the bot's app key (no spaces)"));
         }
         let sender_name = config.sender_name.trim();
         if sender_name.is_empty() || sender_name.chars().count() > MAX_SENDER_NAME {
-            return Err(error(
+            return Err(check.error(
                 "sender_name",
-                &format!("Viber needs 1 to {MAX_SENDER_NAME} characters"),
+                format!("Viber needs 1 to {MAX_SENDER_NAME} characters"),
             ));
         }
         let mut sender = json!({"name": sender_name});
         if let Some(avatar) = &config.sender_avatar {
             if !(avatar.starts_with("https://") || avatar.starts_with("http://")) {
-                return Err(error("sender_avatar", "expected an image URL"));
+                return Err(check.error("sender_avatar", "expected an image URL"));
             }
             sender["avatar"] = json!(avatar);
         }
-        let base_url = config.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
-        if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
-            return Err(error("base_url", "expected an http:// or https:// URL"));
-        }
-        let timeout = match config.timeout {
-            None => DEFAULT_TIMEOUT,
-            Some(0) => return Err(error("timeout", "must be at least 1 second")),
-            Some(seconds) => Duration::from_secs(seconds),
-        };
+        let base_url = check.base_url(config.base_url.as_deref(), DEFAULT_BASE_URL)?;
+        let timeout = check.timeout(config.timeout, DEFAULT_TIMEOUT)?;
         let client = http::client(timeout)
-            .map_err(|e| error("base_url", &format!("cannot build an HTTP client: {e}")))?;
+            .map_err(|e| check.error("base_url", format!("cannot build an HTTP client: {e}")))?;
 
         Ok(ViberChannel {
             client,
-            send_url: format!("{}/pa/send_message", base_url.trim_end_matches('/')),
+            send_url: format!("{base_url}/pa/send_message"),
             auth_token: auth_token.to_owned(),
             sender,
         })

@@ -58,8 +58,8 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::Value;
 use waymark_channel::{
-    Channel, ChannelKind, ConfigError, Delivery, DeliveryError, OutboundMessage, body_snippet,
-    parse_config,
+    Channel, ChannelKind, ConfigCheck, ConfigError, Delivery, DeliveryError, OutboundMessage,
+    body_snippet, parse_config,
 };
 use waymark_channel_http as http;
 
@@ -121,14 +121,11 @@ struct VkChannel {
 
 impl VkChannel {
     fn new(name: &str, config: VkConfig) -> Result<Self, ConfigError> {
-        let error = |key: &str, message: &str| ConfigError {
-            channel: name.to_owned(),
-            message: format!("`{key}`: {message}"),
-        };
+        let check = ConfigCheck::new(name);
 
         let access_token = config.access_token.trim();
         if access_token.is_empty() || access_token.contains(char::is_whitespace) {
-            return Err(error(
+            return Err(check.error(
                 "access_token",
                 "expected a community access token (no spaces)",
             ));
@@ -140,26 +137,19 @@ impl VkChannel {
                 .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
         });
         if !valid_version {
-            return Err(error(
+            return Err(check.error(
                 "api_version",
-                &format!("expected a VK API version such as `{DEFAULT_API_VERSION}`"),
+                format!("expected a VK API version such as `{DEFAULT_API_VERSION}`"),
             ));
         }
-        let base_url = config.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
-        if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
-            return Err(error("base_url", "expected an http:// or https:// URL"));
-        }
-        let timeout = match config.timeout {
-            None => DEFAULT_TIMEOUT,
-            Some(0) => return Err(error("timeout", "must be at least 1 second")),
-            Some(seconds) => Duration::from_secs(seconds),
-        };
+        let base_url = check.base_url(config.base_url.as_deref(), DEFAULT_BASE_URL)?;
+        let timeout = check.timeout(config.timeout, DEFAULT_TIMEOUT)?;
         let client = http::client(timeout)
-            .map_err(|e| error("base_url", &format!("cannot build an HTTP client: {e}")))?;
+            .map_err(|e| check.error("base_url", format!("cannot build an HTTP client: {e}")))?;
 
         Ok(VkChannel {
             client,
-            send_url: format!("{}/method/messages.send", base_url.trim_end_matches('/')),
+            send_url: format!("{base_url}/method/messages.send"),
             access_token: access_token.to_owned(),
             api_version: api_version.to_owned(),
         })

@@ -27,14 +27,14 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 use waymark_channel::{
-    Channel, ChannelKind, ConfigError, Delivery, DeliveryError, OutboundMessage, parse_config,
+    Channel, ChannelKind, ConfigCheck, ConfigError, Delivery, DeliveryError, OutboundMessage,
+    parse_config,
 };
 use waymark_channel_http as http;
 
@@ -72,32 +72,27 @@ impl ChannelKind for WebhookKind {
         config: &serde_json::Value,
     ) -> Result<Arc<dyn Channel>, ConfigError> {
         let config: Config = parse_config(name, config)?;
-        let error = |message: String| ConfigError {
-            channel: name.to_owned(),
-            message,
-        };
-        let url = reqwest::Url::parse(&config.url).map_err(|e| error(format!("`url`: {e}")))?;
+        let check = ConfigCheck::new(name);
+        let url = reqwest::Url::parse(&config.url).map_err(|e| check.error("url", e))?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(error(format!(
-                "`url`: expected an http or https URL, got `{}`",
-                url.scheme()
-            )));
+            return Err(check.error(
+                "url",
+                format!("expected an http or https URL, got `{}`", url.scheme()),
+            ));
         }
         let mut headers = reqwest::header::HeaderMap::new();
         for (key, value) in &config.headers {
             let name = reqwest::header::HeaderName::try_from(key.as_str())
-                .map_err(|e| error(format!("`headers.{key}`: {e}")))?;
+                .map_err(|e| check.error(&format!("headers.{key}"), e))?;
             let value = reqwest::header::HeaderValue::try_from(value.as_str())
-                .map_err(|e| error(format!("`headers.{key}`: {e}")))?;
+                .map_err(|e| check.error(&format!("headers.{key}"), e))?;
             headers.insert(name, value);
         }
-        if config.timeout == 0 {
-            return Err(error("`timeout`: must be at least 1 second".to_owned()));
-        }
-        let client = http::client_builder(Duration::from_secs(config.timeout))
+        let timeout = check.seconds("timeout", config.timeout)?;
+        let client = http::client_builder(timeout)
             .default_headers(headers)
             .build()
-            .map_err(|e| error(format!("cannot set up HTTP: {e}")))?;
+            .map_err(|e| check.section_error(format!("cannot set up HTTP: {e}")))?;
         Ok(Arc::new(Webhook {
             url,
             secret: config.secret,

@@ -87,8 +87,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::Sha256;
 use waymark_channel::{
-    Channel, ChannelKind, ConfigError, Delivery, DeliveryError, OutboundMessage, Receipt,
-    ReceiptError, ReceiptStatus, StatusCallback, parse_config,
+    Channel, ChannelKind, ConfigCheck, ConfigError, Delivery, DeliveryError, OutboundMessage,
+    Receipt, ReceiptError, ReceiptStatus, StatusCallback, parse_config,
 };
 use waymark_channel_http as http;
 
@@ -161,21 +161,18 @@ struct WhatsAppChannel {
 
 impl WhatsAppChannel {
     fn new(name: &str, config: WhatsAppConfig) -> Result<Self, ConfigError> {
-        let error = |key: &str, message: &str| ConfigError {
-            channel: name.to_owned(),
-            message: format!("`{key}`: {message}"),
-        };
+        let check = ConfigCheck::new(name);
 
         let token = config.access_token.trim();
         if token.is_empty() || token.contains(char::is_whitespace) {
-            return Err(error(
+            return Err(check.error(
                 "access_token",
                 "expected a Graph API access token (no spaces)",
             ));
         }
         let phone_number_id = config.phone_number_id.trim();
         if phone_number_id.is_empty() || !phone_number_id.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(error(
+            return Err(check.error(
                 "phone_number_id",
                 "expected the numeric id WhatsApp Manager shows for the sending number, \
                  not the phone number",
@@ -183,32 +180,22 @@ impl WhatsAppChannel {
         }
         let api_version = config.api_version.as_deref().unwrap_or(DEFAULT_API_VERSION);
         if !is_api_version(api_version) {
-            return Err(error(
+            return Err(check.error(
                 "api_version",
-                &format!("expected a Graph API version such as `{DEFAULT_API_VERSION}`"),
+                format!("expected a Graph API version such as `{DEFAULT_API_VERSION}`"),
             ));
         }
         if config.app_secret.as_deref().is_some_and(str::is_empty) {
-            return Err(error("app_secret", "must not be empty"));
+            return Err(check.error("app_secret", "must not be empty"));
         }
-        let base_url = config.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
-        if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
-            return Err(error("base_url", "expected an http:// or https:// URL"));
-        }
-        let timeout = match config.timeout {
-            None => DEFAULT_TIMEOUT,
-            Some(0) => return Err(error("timeout", "must be at least 1 second")),
-            Some(seconds) => Duration::from_secs(seconds),
-        };
+        let base_url = check.base_url(config.base_url.as_deref(), DEFAULT_BASE_URL)?;
+        let timeout = check.timeout(config.timeout, DEFAULT_TIMEOUT)?;
         let client = http::client(timeout)
-            .map_err(|e| error("base_url", &format!("cannot build an HTTP client: {e}")))?;
+            .map_err(|e| check.error("base_url", format!("cannot build an HTTP client: {e}")))?;
 
         Ok(WhatsAppChannel {
             client,
-            messages_url: format!(
-                "{}/{api_version}/{phone_number_id}/messages",
-                base_url.trim_end_matches('/')
-            ),
+            messages_url: format!("{base_url}/{api_version}/{phone_number_id}/messages"),
             authorization: format!("Bearer {token}"),
             app_secret: config.app_secret,
         })
