@@ -1,5 +1,6 @@
 //! Message templates: one Liquid part per channel, parsed once at load.
 
+use std::cell::OnceCell;
 use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock};
 
@@ -75,17 +76,24 @@ impl Template {
                 self.name
             )
         })?;
-        let mut profile = ctx.profile.clone();
-        profile.insert("id".to_owned(), Value::String(ctx.profile_id.to_owned()));
-        let mut globals = Map::new();
-        globals.insert("profile".to_owned(), Value::Object(profile));
-        globals.insert("event".to_owned(), Value::Object(ctx.event.clone()));
-        globals.insert("trigger".to_owned(), Value::Object(ctx.trigger.clone()));
-        globals.insert(
-            "journey".to_owned(),
-            serde_json::json!({ "id": ctx.journey_id }),
-        );
-        let globals = Lenient::new(&Value::Object(globals));
+        let text = |s: &str| Lenient::Other(liquid::model::Value::scalar(s.to_owned()));
+        let mut profile = Lenient::fields(ctx.profile);
+        profile.insert("id".to_owned(), text(ctx.profile_id));
+        let globals = Lenient::object(BTreeMap::from([
+            ("profile".to_owned(), Lenient::object(profile)),
+            (
+                "event".to_owned(),
+                Lenient::object(Lenient::fields(ctx.event)),
+            ),
+            (
+                "trigger".to_owned(),
+                Lenient::object(Lenient::fields(ctx.trigger)),
+            ),
+            (
+                "journey".to_owned(),
+                Lenient::object(BTreeMap::from([("id".to_owned(), text(ctx.journey_id))])),
+            ),
+        ]));
         part.iter()
             .map(|(field, liquid)| {
                 liquid
@@ -100,12 +108,15 @@ impl Template {
 
 /// A value for Liquid in which a missing key reads as `nil` rather than an error, so that
 /// `{{ profile.first_name | default: 'friend' }}` works for a customer without a first name,
-/// as the language promises ("a missing trait is null").
+/// as the language promises ("a missing trait is null"). Built straight from the render
+/// context's maps, each value converted once.
 #[derive(Debug)]
 enum Lenient {
     Object {
-        value: liquid::model::Value,
         fields: BTreeMap<String, Lenient>,
+        /// The whole object as one Liquid value, made only if a template asks for it
+        /// (`{{ profile }}`, a filter on the object): most read single fields.
+        whole: OnceCell<liquid::model::Value>,
     },
     Other(liquid::model::Value),
 }
@@ -115,20 +126,35 @@ static NIL: liquid::model::Value = liquid::model::Value::Nil;
 impl Lenient {
     fn new(value: &Value) -> Lenient {
         match value {
-            Value::Object(map) => Lenient::Object {
-                value: to_liquid(value),
-                fields: map
-                    .iter()
-                    .map(|(k, v)| (k.clone(), Lenient::new(v)))
-                    .collect(),
-            },
+            Value::Object(map) => Lenient::object(Lenient::fields(map)),
             other => Lenient::Other(to_liquid(other)),
+        }
+    }
+
+    fn fields(map: &Map<String, Value>) -> BTreeMap<String, Lenient> {
+        map.iter()
+            .map(|(k, v)| (k.clone(), Lenient::new(v)))
+            .collect()
+    }
+
+    fn object(fields: BTreeMap<String, Lenient>) -> Lenient {
+        Lenient::Object {
+            fields,
+            whole: OnceCell::new(),
         }
     }
 
     fn inner(&self) -> &liquid::model::Value {
         match self {
-            Lenient::Object { value, .. } | Lenient::Other(value) => value,
+            Lenient::Object { fields, whole } => whole.get_or_init(|| {
+                liquid::model::Value::Object(
+                    fields
+                        .iter()
+                        .map(|(k, v)| (k.clone().into(), v.inner().clone()))
+                        .collect(),
+                )
+            }),
+            Lenient::Other(value) => value,
         }
     }
 }
@@ -236,4 +262,48 @@ impl liquid::ObjectView for Lenient {
 
 fn to_liquid(value: &Value) -> liquid::model::Value {
     liquid::model::to_value(value).unwrap_or(liquid::model::Value::Nil)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(source: &str, trigger: &Value) -> String {
+        let template = Template {
+            name: "t".to_owned(),
+            parts: BTreeMap::from([(
+                "sms".to_owned(),
+                BTreeMap::from([("text".to_owned(), parse_liquid(source).unwrap())]),
+            )]),
+        };
+        let profile = serde_json::json!({"first_name": "Ann"});
+        let ctx = RenderContext {
+            profile: profile.as_object().unwrap(),
+            profile_id: "ann",
+            event: &Map::new(),
+            trigger: trigger.as_object().unwrap(),
+            journey_id: "cart",
+        };
+        template.render("sms", &ctx).unwrap().remove("text").unwrap()
+    }
+
+    /// Fields, nested objects read whole and field by field, arrays of objects, and
+    /// missing keys read as nil.
+    #[test]
+    fn renders_fields_nested_objects_and_missing_keys() {
+        let trigger = serde_json::json!({
+            "address": {"city": "Kazan", "zip": "420000"},
+            "items": [{"sku": "a1"}, {"sku": "b2"}],
+        });
+        assert_eq!(
+            render(
+                "{{ profile.first_name }} ({{ profile.id }}, {{ journey.id }}): \
+                 {{ trigger.address.city }}, {{ trigger.address | size }} fields; \
+                 {% for item in trigger.items %}{{ item.sku }} {% endfor %}\
+                 {{ profile.nickname | default: 'friend' }} {{ trigger.address.street | default: '-' }}",
+                &trigger
+            ),
+            "Ann (ann, cart): Kazan, 2 fields; a1 b2 friend -"
+        );
+    }
 }

@@ -116,6 +116,12 @@ pub struct Commit<'a> {
     /// redirected here for good and its events and messages join this profile.
     pub merged: Option<(&'a str, i64)>,
     pub now: DateTime<Utc>,
+    /// When set, the outbox rows of this commit are written already claimed by the caller
+    /// until then (their first attempt, as [`Store::claim_outbox`] would have claimed
+    /// them), so that it can deliver them straight from memory rather than claim them
+    /// back; a caller that dies leaves them to be claimed once the claim runs out. `None`
+    /// writes them due at once, for whichever dispatcher claims them.
+    pub claim_until: Option<DateTime<Utc>>,
 }
 
 /// An event to accept.

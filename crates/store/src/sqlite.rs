@@ -244,7 +244,11 @@ async fn write_commit(tx: &mut SqliteConnection, commit: Commit<'_>) -> Result<(
             .execute(&mut *tx)
             .await?;
     }
-    for statement in commit.effects.iter().flat_map(tables::record_effect) {
+    for statement in commit
+        .effects
+        .iter()
+        .flat_map(|e| tables::record_effect(e, commit.claim_until))
+    {
         statement.execute(&mut *tx).await?;
     }
     Ok(())

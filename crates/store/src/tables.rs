@@ -206,8 +206,11 @@ where
 
 /// What records an effect: for a message, its message-log row and, when it is to be
 /// handed to a channel, its outbox row (both kept as first written if already there).
-/// Other effects leave no rows of their own.
-pub(crate) fn record_effect<DB: Database>(effect: &Effect) -> Vec<Statement<DB>>
+/// Other effects leave no rows of their own. `claim_until` is [`crate::Commit::claim_until`].
+pub(crate) fn record_effect<DB: Database>(
+    effect: &Effect,
+    claim_until: Option<DateTime<Utc>>,
+) -> Vec<Statement<DB>>
 where
     Statement<DB>: Params,
 {
@@ -239,7 +242,7 @@ where
     let queued = sqlx::query(
         "INSERT INTO outbox (idempotency_key, channel, address, content, customer, journey,
              step, template, status, attempts, next_attempt_at, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 0, $9, $9)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9, $10, $11)
          ON CONFLICT (idempotency_key) DO NOTHING",
     )
     .text(&m.idempotency_key)
@@ -250,6 +253,8 @@ where
     .text(&m.journey)
     .text(&m.step)
     .text(&m.template)
+    .int(i64::from(claim_until.is_some()))
+    .int(nanos(claim_until.unwrap_or(m.at)))
     .int(nanos(m.at));
     vec![logged, queued]
 }

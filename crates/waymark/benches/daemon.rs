@@ -188,6 +188,7 @@ async fn seed(db: &Path, journeys: &Path, customers: u64) -> anyhow::Result<Dura
                 event: None,
                 merged: None,
                 now,
+                claim_until: None,
             })
             .collect();
         for result in store.commit_many(&commits).await {

@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -23,13 +23,13 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use waymark_journey::{Diagnostic, Trigger, Workspace};
-use waymark_scheduler::{Clock, CustomerState, Effect, Engine, EnrollError, Event, SendOutcome};
+use waymark_scheduler::{Clock, CustomerState, Effect, Engine, EnrollError, Event};
 use waymark_store::{Commit, Customer, DueTimer, Error as StoreError, Ingested, NewEvent, Store};
 
 use crate::batch::{Batcher, IoThread};
 use crate::channels::Channels;
 use crate::config::Config;
-use crate::dispatch::Slot;
+use crate::dispatch::{Fresh, Slot};
 use crate::links::Links;
 use crate::metrics::Metrics;
 
@@ -37,12 +37,12 @@ use crate::metrics::Metrics;
 const MAX_CONFLICTS: usize = 8;
 const TIMER_POLL: Duration = Duration::from_millis(200);
 /// Due timers read from the wake index at a time.
-const TIMER_BATCH: u32 = 512;
+const TIMER_BATCH: u32 = 1024;
 /// Timers queued or being handled at most: enough to fill several commit batches, few
 /// enough that their loaded customers take little memory.
 const TIMERS_IN_FLIGHT: usize = 4096;
 /// The most loads, commits, accepted events, ... one store call takes.
-const STORE_BATCH: usize = 512;
+const STORE_BATCH: usize = 1024;
 /// Every so often the inbox is swept for events whose handling failed (database
 /// trouble), and schedule ticks are checked.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
@@ -110,6 +110,8 @@ struct Outcome {
     event: Option<i64>,
     merged: Option<(String, i64)>,
     now: DateTime<Utc>,
+    /// Its messages are committed claimed until then, for this daemon's dispatcher.
+    claim_until: Option<DateTime<Utc>>,
 }
 
 impl Outcome {
@@ -121,6 +123,7 @@ impl Outcome {
             event: self.event,
             merged: self.merged.as_ref().map(|(id, rev)| (id.as_str(), *rev)),
             now: self.now,
+            claim_until: self.claim_until,
         }
     }
 }
@@ -161,6 +164,12 @@ pub struct Daemon {
     pub(crate) slots: Mutex<HashMap<String, Arc<Slot>>>,
     /// Woken when a delivery finished, so the dispatcher can claim more.
     pub(crate) delivery_done: Notify,
+    /// Messages committed claimed for this daemon, on their way straight to the
+    /// dispatcher; the receiver is the running dispatcher's.
+    pub(crate) fresh: mpsc::UnboundedSender<Fresh>,
+    pub(crate) fresh_rx: Mutex<Option<mpsc::UnboundedReceiver<Fresh>>>,
+    /// Whether a dispatcher is running to take fresh messages.
+    pub(crate) dispatching: AtomicBool,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -223,6 +232,7 @@ impl Daemon {
                 }
             },
         );
+        let (fresh, fresh_rx) = mpsc::unbounded_channel();
         Arc::new(Daemon {
             store,
             engine: RwLock::new(engine),
@@ -248,6 +258,9 @@ impl Daemon {
             _io: io,
             slots: Mutex::new(HashMap::new()),
             delivery_done: Notify::new(),
+            fresh,
+            fresh_rx: Mutex::new(Some(fresh_rx)),
+            dispatching: AtomicBool::new(false),
         })
     }
 
@@ -275,7 +288,11 @@ impl Daemon {
     /// # Errors
     /// The store could not take it.
     pub async fn ingest(self: &Arc<Self>, event: NewEvent) -> Result<Ingested, ApplyError> {
-        let (event, ingested) = self.ingester.call(event).await.ok_or(ApplyError::Closed)?;
+        // The profile the event goes to is looked up while it is written: the caller
+        // waits for the slower of the two, not for both one after the other.
+        let customer = event.customer.clone();
+        let (written, key) = tokio::join!(self.ingester.call(event), self.resolve(&customer));
+        let (event, ingested) = written.ok_or(ApplyError::Closed)?;
         let ingested = ingested?;
         match ingested {
             Ingested::Duplicate => {
@@ -291,8 +308,9 @@ impl Daemon {
                     properties: event.properties,
                 };
                 // Stored already: if it cannot be queued now, the inbox sweep will.
-                if let Err(e) = self.submit_event(&event.customer, seq, stored).await {
-                    tracing::warn!(error = %e, seq, "event stored but not queued yet");
+                match key {
+                    Ok(key) => self.queue_event(key, seq, stored),
+                    Err(e) => tracing::warn!(error = %e, seq, "event stored but not queued yet"),
                 }
             }
         }
@@ -439,6 +457,9 @@ impl Daemon {
                     effects,
                 });
             }
+            let claim_until = self
+                .reserve_deliveries(&effects)
+                .then(|| now + crate::dispatch::LEASE);
             let outcome = Outcome {
                 state: customer.state,
                 revision: customer.revision,
@@ -449,12 +470,14 @@ impl Daemon {
                 },
                 merged,
                 now,
+                claim_until,
             };
-            let (outcome, result) = self
-                .committer
-                .call(outcome)
-                .await
-                .ok_or(ApplyError::Closed)?;
+            let Some((outcome, result)) = self.committer.call(outcome).await else {
+                return Err(ApplyError::Closed);
+            };
+            if result.is_err() && claim_until.is_some() {
+                self.release_deliveries(&outcome.effects);
+            }
             match result {
                 Ok(()) => {
                     self.committed(input, &outcome);
@@ -473,8 +496,8 @@ impl Daemon {
         Err(StoreError::Conflict(key.to_owned()).into())
     }
 
-    /// Metrics for a committed input, and a nudge to the dispatcher when it queued
-    /// messages.
+    /// Metrics for a committed input, and its messages to the dispatcher: straight from
+    /// memory when they were committed claimed for it, else a nudge to claim them.
     fn committed(&self, input: &Input, outcome: &Outcome) {
         self.metrics.effects(&outcome.effects);
         if let Input::Timer { at, .. } = input {
@@ -484,11 +507,11 @@ impl Daemon {
                 .timer_lag_ms
                 .store(u64::try_from(lag).unwrap_or(0), Ordering::Relaxed);
         }
-        let queued = outcome
-            .effects
-            .iter()
-            .any(|e| matches!(e, Effect::Message(m) if m.outcome == SendOutcome::Sent));
-        if queued {
+        if outcome.claim_until.is_some() {
+            for message in crate::dispatch::handed(&outcome.effects) {
+                let _ = self.fresh.send(Fresh::new(message, outcome.now));
+            }
+        } else if crate::dispatch::handed(&outcome.effects).next().is_some() {
             self.outbox_ready.notify_one();
         }
     }
@@ -500,14 +523,20 @@ impl Daemon {
         seq: i64,
         event: Event,
     ) -> Result<(), ApplyError> {
-        if !lock(&self.events_in_flight).insert(seq) {
+        if lock(&self.events_in_flight).contains(&seq) {
             return Ok(());
         }
-        let result = self.submit(customer, Input::Event { seq, event }).await;
-        if result.is_err() {
-            lock(&self.events_in_flight).remove(&seq);
+        let key = self.resolve(customer).await?;
+        self.queue_event(key, seq, event);
+        Ok(())
+    }
+
+    /// Queues an accepted event on the queue of profile `key` unless already queued.
+    fn queue_event(self: &Arc<Self>, key: String, seq: i64, event: Event) {
+        if lock(&self.events_in_flight).insert(seq) {
+            let input = Input::Event { seq, event };
+            self.enqueue(key, Job { input, reply: None });
         }
-        result
     }
 
     /// Queues every inbox event not yet handled nor queued, oldest first.

@@ -228,6 +228,8 @@ impl Rows {
                     &m.step,
                     &m.template,
                     nanos(m.at),
+                    i64::from(c.claim_until.is_some()),
+                    nanos(c.claim_until.unwrap_or(m.at)),
                 )));
             }
         }
@@ -398,7 +400,7 @@ pub(super) async fn commit_pass(
             "INSERT INTO outbox (idempotency_key, channel, address, content, customer, journey,
                  step, template, status, attempts, next_attempt_at, created_at)
              SELECT j.value->>0, j.value->>1, j.value->>2, j.value->>3, j.value->>4, j.value->>5,
-                 j.value->>6, j.value->>7, 'pending', 0, j.value->>8, j.value->>8
+                 j.value->>6, j.value->>7, 'pending', j.value->>9, j.value->>10, j.value->>8
              FROM jsonb_each(?) AS j WHERE true
              ON CONFLICT (idempotency_key) DO NOTHING",
         ),

@@ -33,6 +33,7 @@ macro_rules! suite {
             due_timers_are_read_in_batches_after_the_last_one_taken,
             many_deliveries_are_recorded_at_once_and_busy_channels_are_skipped,
             claims_of_a_daemon_that_is_gone_are_released,
+            messages_committed_claimed_wait_for_their_committer_until_the_claim_runs_out,
         );
     };
     ($run:path: $($test:ident),+ $(,)?) => {
@@ -128,13 +129,20 @@ pub async fn identify(f: &Fixture, id: &str) {
             event: None,
             merged: None,
             now: t0(),
+            claim_until: None,
         })
         .await
         .unwrap();
 }
 
-/// Ingests and handles one event, as the daemon does.
-pub async fn track(f: &Fixture, id: &str, name: &str, now: DateTime<Utc>) -> Vec<Effect> {
+/// `name` accepted for `id` and handed to the engine, not yet committed: the customer as
+/// loaded and changed, the effects, and the inbox event's sequence number.
+pub async fn handle(
+    f: &Fixture,
+    id: &str,
+    name: &str,
+    now: DateTime<Utc>,
+) -> (Customer, Vec<Effect>, i64) {
     let Ingested::Accepted(seq) = f
         .store
         .ingest_event(&new_event(id, name, None), now)
@@ -150,6 +158,12 @@ pub async fn track(f: &Fixture, id: &str, name: &str, now: DateTime<Utc>) -> Vec
         properties: props(json!({"plan": "pro"})),
     };
     let effects = f.engine.on_event(&mut customer.state, &event, now);
+    (customer, effects, seq)
+}
+
+/// `name` accepted for `id`, handled and committed.
+pub async fn track(f: &Fixture, id: &str, name: &str, now: DateTime<Utc>) -> Vec<Effect> {
+    let (customer, effects, seq) = handle(f, id, name, now).await;
     f.store
         .commit(Commit {
             state: &customer.state,
@@ -158,6 +172,7 @@ pub async fn track(f: &Fixture, id: &str, name: &str, now: DateTime<Utc>) -> Vec
             event: Some(seq),
             merged: None,
             now,
+            claim_until: None,
         })
         .await
         .unwrap();
@@ -262,6 +277,7 @@ pub async fn a_timer_fires_from_the_reloaded_state_and_clears_itself(f: Fixture)
             event: None,
             merged: None,
             now: at,
+            claim_until: None,
         })
         .await
         .unwrap();
@@ -282,6 +298,7 @@ pub fn commit(c: &Customer) -> Commit<'_> {
         event: None,
         merged: None,
         now: t0(),
+        claim_until: None,
     }
 }
 
@@ -343,6 +360,7 @@ async fn alias(f: &Fixture, user: &str, previous: &str) {
             event: None,
             merged: Some((previous, other.revision)),
             now: t0(),
+            claim_until: None,
         })
         .await
         .unwrap();
@@ -798,4 +816,71 @@ pub async fn claims_of_a_daemon_that_is_gone_are_released(f: Fixture) {
             .len(),
         1
     );
+}
+
+/// A commit of a handled event, its messages claimed by the committer or not.
+fn claimed_commit(
+    (customer, effects, seq): &(Customer, Vec<Effect>, i64),
+    claim_until: Option<DateTime<Utc>>,
+) -> Commit<'_> {
+    Commit {
+        state: &customer.state,
+        revision: customer.revision,
+        effects,
+        event: Some(*seq),
+        merged: None,
+        now: t0(),
+        claim_until,
+    }
+}
+
+/// Messages committed with `claim_until` are their committer's to deliver: no claim takes
+/// them before then, and after it (the committer died) they are claimed as a second
+/// attempt. Both the single commit and the batch write them so.
+pub async fn messages_committed_claimed_wait_for_their_committer_until_the_claim_runs_out(
+    f: Fixture,
+) {
+    let until = t0() + TimeDelta::minutes(2);
+    let mut handled = Vec::new();
+    for id in ["ann", "bob", "cy", "dan"] {
+        identify(&f, id).await;
+        handled.push(handle(&f, id, "signed_up", t0()).await);
+    }
+    let batch = [
+        claimed_commit(&handled[0], Some(until)),
+        claimed_commit(&handled[1], Some(until)),
+        claimed_commit(&handled[2], None),
+    ];
+    for result in f.store.commit_many(&batch).await {
+        result.unwrap();
+    }
+    f.store
+        .commit(claimed_commit(&handled[3], Some(until)))
+        .await
+        .unwrap();
+    assert_eq!(f.store.depths().await.unwrap().outbox_pending, 4);
+
+    // Longer than the committer's claim: the message claimed here stays claimed.
+    let lease = TimeDelta::minutes(3);
+    let claimed = f.store.claim_outbox(t0(), lease, 10, &[]).await.unwrap();
+    assert_eq!(claimed.len(), 1, "only the unclaimed message is due");
+    assert_eq!(
+        (claimed[0].customer.as_str(), claimed[0].attempts),
+        ("cy", 1)
+    );
+    let before = until - TimeDelta::seconds(1);
+    assert!(
+        f.store
+            .claim_outbox(before, lease, 10, &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let mut after = f.store.claim_outbox(until, lease, 10, &[]).await.unwrap();
+    after.sort_by(|a, b| a.customer.cmp(&b.customer));
+    let seen: Vec<(&str, u32)> = after
+        .iter()
+        .map(|m| (m.customer.as_str(), m.attempts))
+        .collect();
+    assert_eq!(seen, [("ann", 2), ("bob", 2), ("dan", 2)]);
 }
