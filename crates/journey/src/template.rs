@@ -284,7 +284,11 @@ mod tests {
             trigger: trigger.as_object().unwrap(),
             journey_id: "cart",
         };
-        template.render("sms", &ctx).unwrap().remove("text").unwrap()
+        template
+            .render("sms", &ctx)
+            .unwrap()
+            .remove("text")
+            .unwrap()
     }
 
     /// Fields, nested objects read whole and field by field, arrays of objects, and
