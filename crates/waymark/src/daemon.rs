@@ -43,6 +43,8 @@ const TIMER_BATCH: u32 = 1024;
 const TIMERS_IN_FLIGHT: usize = 4096;
 /// The most loads, commits, accepted events, ... one store call takes.
 const STORE_BATCH: usize = 1024;
+/// Customers a batch of timers runs the engine for between two yields to the runtime.
+const ENGINE_SLICE: usize = 64;
 /// Every so often the inbox is swept for events whose handling failed (database
 /// trouble), and schedule ticks are checked.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
@@ -130,6 +132,24 @@ impl Outcome {
 
 type StoreResult<T> = Result<T, StoreError>;
 
+/// A timer of a customer whose queue is held for a batch ([`Daemon::hold`]).
+struct Held {
+    key: String,
+    queue: mpsc::UnboundedReceiver<Job>,
+    input: Input,
+}
+
+/// What the engine made of an input.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "returned once per input and taken apart at once: a box would be an allocation per commit"
+)]
+enum Decided {
+    /// Nothing to write (a stale timer, a tick outside the audience): the profile's id.
+    Unchanged(String),
+    Commit(Outcome),
+}
+
 pub struct Daemon {
     pub store: Arc<dyn Store>,
     engine: RwLock<Engine>,
@@ -155,9 +175,8 @@ pub struct Daemon {
     loader: Batcher<String, StoreResult<Customer>>,
     committer: Batcher<Outcome, (Outcome, StoreResult<()>)>,
     ingester: Batcher<NewEvent, (NewEvent, StoreResult<Ingested>)>,
-    /// Messages a provider accepted: `(idempotency key, provider id)`; answers whether
-    /// the record was written.
-    pub(crate) delivered: Batcher<(String, Option<String>), bool>,
+    /// Messages a provider accepted, `(idempotency key, provider id)`, to record.
+    pub(crate) delivered: Batcher<(String, Option<String>), ()>,
     /// Where the batchers run; declared after them, so it outlives them.
     _io: IoThread,
     /// Per channel: deliveries in flight and claimed messages waiting for one.
@@ -219,16 +238,12 @@ impl Daemon {
                         .iter()
                         .map(|(k, p)| (k.as_str(), p.as_deref()))
                         .collect();
-                    let recorded = match store.outbox_sent_many(&refs, now).await {
-                        Ok(()) => true,
-                        Err(e) => {
-                            // The leases run out and the messages are claimed again: possible
-                            // second sends, the one window the outbox cannot close.
-                            tracing::error!(error = %e, messages = sent.len(), "cannot record deliveries");
-                            false
-                        }
-                    };
-                    vec![recorded; sent.len()]
+                    if let Err(e) = store.outbox_sent_many(&refs, now).await {
+                        // The claims run out and the messages are claimed again: possible
+                        // second sends, the one window the outbox cannot close.
+                        tracing::error!(error = %e, messages = sent.len(), "cannot record deliveries");
+                    }
+                    vec![(); sent.len()]
                 }
             },
         );
@@ -415,7 +430,7 @@ impl Daemon {
     /// load -> engine -> commit, again on a concurrent change.
     async fn apply(&self, key: &str, input: &Input) -> Result<Applied, ApplyError> {
         for _ in 0..MAX_CONFLICTS {
-            let mut customer = self.load(key).await?;
+            let customer = self.load(key).await?;
             let mut other = None;
             if let Input::Alias { previous } = input {
                 let previous = self.resolve(previous).await?;
@@ -423,64 +438,21 @@ impl Daemon {
                     other = Some(self.load(&previous).await?);
                 }
             }
-            let now = self.clock.now();
-            let merged = other
-                .as_ref()
-                .map(|o| (o.state.profile.id.clone(), o.revision));
-            let state = &mut customer.state;
-            let effects = self.with_engine(|engine| -> Result<Vec<Effect>, EnrollError> {
-                Ok(match input {
-                    Input::Event { event, .. } => engine.on_event(state, event, now),
-                    Input::Identify { traits } => engine.on_identify(state, traits, now),
-                    Input::Alias { .. } => match other {
-                        Some(other) => engine.merge(state, other.state, now),
-                        None => Vec::new(),
-                    },
-                    Input::Enroll {
-                        journey,
-                        properties,
-                    } => engine.enroll(state, journey, properties, now)?,
-                    Input::Timer { enrollment, .. } => engine.on_timer(state, enrollment, now),
-                    Input::Schedule { journey } => engine.on_schedule(state, journey, now),
-                    Input::Unreachable { channel } => {
-                        let traits = unreachable_traits(&state.profile.traits, channel);
-                        engine.on_identify(state, &traits, now)
-                    }
-                })
-            })?;
-            // A stale timer or a tick for someone outside the audience changes nothing.
-            let unchanged =
-                matches!(input, Input::Timer { .. } | Input::Schedule { .. }) && effects.is_empty();
-            if unchanged {
-                return Ok(Applied {
-                    customer: customer.state.profile.id,
-                    effects,
-                });
-            }
-            let claim_until = self
-                .reserve_deliveries(&effects)
-                .then(|| now + crate::dispatch::LEASE);
-            let outcome = Outcome {
-                state: customer.state,
-                revision: customer.revision,
-                effects,
-                event: match input {
-                    Input::Event { seq, .. } => Some(*seq),
-                    _ => None,
-                },
-                merged,
-                now,
-                claim_until,
+            let outcome = match self.decide(customer, other, input)? {
+                Decided::Unchanged(customer) => {
+                    return Ok(Applied {
+                        customer,
+                        effects: Vec::new(),
+                    });
+                }
+                Decided::Commit(outcome) => outcome,
             };
             let Some((outcome, result)) = self.committer.call(outcome).await else {
                 return Err(ApplyError::Closed);
             };
-            if result.is_err() && claim_until.is_some() {
-                self.release_deliveries(&outcome.effects);
-            }
+            self.settle(input, &outcome, &result);
             match result {
                 Ok(()) => {
-                    self.committed(input, &outcome);
                     return Ok(Applied {
                         customer: outcome.state.profile.id,
                         effects: outcome.effects,
@@ -494,6 +466,72 @@ impl Daemon {
             }
         }
         Err(StoreError::Conflict(key.to_owned()).into())
+    }
+
+    /// Runs the engine on a loaded customer (and, for an alias, the profile merged into
+    /// it), and makes room in the dispatcher for the messages it produced.
+    fn decide(
+        &self,
+        mut customer: Customer,
+        other: Option<Customer>,
+        input: &Input,
+    ) -> Result<Decided, EnrollError> {
+        let now = self.clock.now();
+        let merged = other
+            .as_ref()
+            .map(|o| (o.state.profile.id.clone(), o.revision));
+        let state = &mut customer.state;
+        let effects = self.with_engine(|engine| -> Result<Vec<Effect>, EnrollError> {
+            Ok(match input {
+                Input::Event { event, .. } => engine.on_event(state, event, now),
+                Input::Identify { traits } => engine.on_identify(state, traits, now),
+                Input::Alias { .. } => match other {
+                    Some(other) => engine.merge(state, other.state, now),
+                    None => Vec::new(),
+                },
+                Input::Enroll {
+                    journey,
+                    properties,
+                } => engine.enroll(state, journey, properties, now)?,
+                Input::Timer { enrollment, .. } => engine.on_timer(state, enrollment, now),
+                Input::Schedule { journey } => engine.on_schedule(state, journey, now),
+                Input::Unreachable { channel } => {
+                    let traits = unreachable_traits(&state.profile.traits, channel);
+                    engine.on_identify(state, &traits, now)
+                }
+            })
+        })?;
+        // A stale timer or a tick for someone outside the audience changes nothing.
+        let unchanged =
+            matches!(input, Input::Timer { .. } | Input::Schedule { .. }) && effects.is_empty();
+        if unchanged {
+            return Ok(Decided::Unchanged(customer.state.profile.id));
+        }
+        let claim_until = self
+            .reserve_deliveries(&effects)
+            .then(|| now + crate::dispatch::LEASE);
+        Ok(Decided::Commit(Outcome {
+            state: customer.state,
+            revision: customer.revision,
+            effects,
+            event: match input {
+                Input::Event { seq, .. } => Some(*seq),
+                _ => None,
+            },
+            merged,
+            now,
+            claim_until,
+        }))
+    }
+
+    /// After a commit: what a committed input leads to, or the dispatcher's room back for
+    /// one that was not.
+    fn settle(&self, input: &Input, outcome: &Outcome, result: &StoreResult<()>) {
+        match result {
+            Ok(()) => self.committed(input, outcome),
+            Err(_) if outcome.claim_until.is_some() => self.release_deliveries(&outcome.effects),
+            Err(_) => {}
+        }
     }
 
     /// Metrics for a committed input, and its messages to the dispatcher: straight from
@@ -577,9 +615,12 @@ impl Daemon {
             .await?;
         let full = due.len() == TIMER_BATCH as usize;
         let (mut queued, mut passed) = (0, 0);
+        let mut held = Vec::new();
+        let mut out_of_room = false;
         for timer in due {
             if queued == room {
-                return Ok(Next::WhenOneIsDone);
+                out_of_room = true;
+                break;
             }
             passed += 1;
             let fresh = lock(&self.timers_in_flight).insert(timer.enrollment.clone());
@@ -590,9 +631,19 @@ impl Daemon {
                     enrollment: timer.enrollment.clone(),
                     at: timer.at,
                 };
-                self.enqueue(timer.customer.clone(), Job { input, reply: None });
+                let key = timer.customer.clone();
+                match self.hold(&key) {
+                    Some(queue) => held.push(Held { key, queue, input }),
+                    None => self.enqueue(key, Job { input, reply: None }),
+                }
             }
             *cursor = Some(timer);
+        }
+        if !held.is_empty() {
+            tokio::spawn(self.clone().fire_held(held));
+        }
+        if out_of_room {
+            return Ok(Next::WhenOneIsDone);
         }
         Ok(match (full, queued) {
             (false, _) => {
@@ -603,6 +654,92 @@ impl Daemon {
             (true, 0) if passed > 0 => Next::WhenOneIsDone,
             (true, _) => Next::AtOnce,
         })
+    }
+
+    /// Takes the queue of customer `key` when nothing of theirs is queued or under way:
+    /// their inputs arriving meanwhile wait in it, behind the holder's work, until
+    /// [`Daemon::release`]. `None` when the customer is busy.
+    fn hold(&self, key: &str) -> Option<mpsc::UnboundedReceiver<Job>> {
+        let mut queues = lock(&self.queues);
+        if queues.contains_key(key) {
+            return None;
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        queues.insert(key.to_owned(), tx);
+        Some(rx)
+    }
+
+    /// Gives back a queue taken by [`Daemon::hold`]: to a worker if inputs came meanwhile.
+    fn release(self: &Arc<Self>, key: String, queue: mpsc::UnboundedReceiver<Job>) {
+        // Checked under the map lock that `enqueue` sends under: no input is left behind.
+        let mut queues = lock(&self.queues);
+        if queue.is_empty() {
+            queues.remove(&key);
+            if queues.is_empty() {
+                self.idle.notify_waiters();
+            }
+        } else {
+            drop(queues);
+            tokio::spawn(self.clone().work(key, queue));
+        }
+    }
+
+    /// Fires the timers of customers held for it, together: one load and one commit for
+    /// the batch, where each customer's own worker would take a task, a load and a commit
+    /// of its own. A commit another writer refused is applied again on its own. A failed
+    /// one stays due and is fired again at a later look.
+    async fn fire_held(self: Arc<Self>, held: Vec<Held>) {
+        let keys: Vec<String> = held.iter().map(|h| h.key.clone()).collect();
+        let loaded = self.store.load_many(&keys).await;
+        let mut outcomes = Vec::with_capacity(held.len());
+        for (n, (h, customer)) in held.iter().zip(loaded).enumerate() {
+            if n % ENGINE_SLICE == ENGINE_SLICE - 1 {
+                // The engine's work for a whole batch would hold a runtime worker for
+                // tens of milliseconds: let the API's requests in between.
+                tokio::task::yield_now().await;
+            }
+            let decided = customer
+                .map_err(ApplyError::from)
+                .and_then(|customer| Ok(self.decide(customer, None, &h.input)?));
+            match decided {
+                Ok(Decided::Unchanged(_)) => {}
+                Ok(Decided::Commit(outcome)) => outcomes.push((h, outcome)),
+                Err(e) => {
+                    tracing::error!(customer = %h.key, error = %e, "timer not handled; it will be retried");
+                }
+            }
+        }
+        let results = {
+            let commits: Vec<Commit<'_>> = outcomes.iter().map(|(_, o)| o.commit()).collect();
+            self.store.commit_many(&commits).await
+        };
+        let mut again = Vec::new();
+        for ((h, outcome), result) in outcomes.iter().zip(&results) {
+            self.settle(&h.input, outcome, result);
+            match result {
+                Ok(()) => {}
+                Err(StoreError::Conflict(_)) => {
+                    self.metrics.conflicts.fetch_add(1, Ordering::Relaxed);
+                    again.push(*h);
+                }
+                Err(e) => {
+                    tracing::error!(customer = %h.key, error = %e, "timer not handled; it will be retried");
+                }
+            }
+        }
+        for h in again {
+            if let Err(e) = self.apply(&h.key, &h.input).await {
+                tracing::error!(customer = %h.key, error = %e, "timer not handled; it will be retried");
+            }
+        }
+        drop(outcomes);
+        for h in held {
+            if let Input::Timer { enrollment, .. } = &h.input {
+                lock(&self.timers_in_flight).remove(enrollment);
+            }
+            self.timers_done.notify_one();
+            self.release(h.key, h.queue);
+        }
     }
 
     /// Enters every known customer in the audience of each schedule journey whose tick

@@ -392,8 +392,10 @@ impl Daemon {
         let recorded = match result {
             Ok(delivery) => {
                 self.metrics.delivery(&m.channel, "delivered");
-                // A failure is logged by the batch.
-                let _ = self.delivered.call((key, delivery.provider_id)).await;
+                // Recorded with the next batch of deliveries, which logs a failure; the
+                // delivery is done meanwhile, so that a slow record holds up no more of
+                // them (its claim keeps the message from going out again meanwhile).
+                self.delivered.push((key, delivery.provider_id));
                 return;
             }
             Err(DeliveryError::Retryable {
