@@ -95,13 +95,6 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
         Batcher { requests }
     }
 
-    /// Hands `item` to the next batch without waiting for its answer; false if the
-    /// batching task is gone (the runtime is shutting down).
-    pub fn push(&self, item: I) -> bool {
-        let (reply, _) = oneshot::channel();
-        self.requests.send((item, reply)).is_ok()
-    }
-
     /// Hands `item` to the next batch and waits for its answer; `None` if the batching
     /// task is gone (the runtime is shutting down).
     pub async fn call(&self, item: I) -> Option<O> {

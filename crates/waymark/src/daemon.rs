@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -189,6 +189,8 @@ pub struct Daemon {
     pub(crate) fresh_rx: Mutex<Option<mpsc::UnboundedReceiver<Fresh>>>,
     /// Whether a dispatcher is running to take fresh messages.
     pub(crate) dispatching: AtomicBool,
+    /// Deliveries started and not yet recorded.
+    pub(crate) in_hand: AtomicUsize,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -276,6 +278,7 @@ impl Daemon {
             fresh,
             fresh_rx: Mutex::new(Some(fresh_rx)),
             dispatching: AtomicBool::new(false),
+            in_hand: AtomicUsize::new(0),
         })
     }
 

@@ -198,11 +198,15 @@ impl Daemon {
     /// Takes room for the messages of a commit about to be made in their channels' shares
     /// of the running dispatcher, so that they can be committed claimed and delivered
     /// straight from memory. False, with nothing taken, when there is no message, no
-    /// dispatcher, or a channel without room: the messages then go through the claim.
+    /// dispatcher, a channel without room, or as many messages in hand as the dispatcher
+    /// holds (delivered ones whose record is still being written count): the messages
+    /// then wait in the outbox for a claim.
     /// Room is checked and taken channel by channel, so concurrent commits may overfill a
     /// share by a batch at most; that only brings a channel's claims to a pause sooner.
     pub(crate) fn reserve_deliveries(&self, effects: &[Effect]) -> bool {
-        if !self.dispatching.load(Ordering::Relaxed) {
+        if !self.dispatching.load(Ordering::Relaxed)
+            || self.in_hand.load(Ordering::Relaxed) >= MAX_IN_HAND
+        {
             return false;
         }
         let mut wanted: BTreeMap<&str, usize> = BTreeMap::new();
@@ -312,7 +316,7 @@ impl Daemon {
         for message in claimed {
             let slot = self.slot(&message.channel);
             slot.claimed.fetch_add(1, Ordering::Relaxed);
-            deliveries.spawn(self.clone().deliver(message, slot, now));
+            self.spawn_delivery(deliveries, message, slot, now);
         }
         taken
     }
@@ -320,7 +324,22 @@ impl Daemon {
     /// Starts the delivery of a fresh message; its room was taken when it was committed.
     fn spawn_fresh(self: &Arc<Self>, deliveries: &mut JoinSet<()>, f: Fresh) {
         let slot = self.slot(&f.message.channel);
-        deliveries.spawn(self.clone().deliver(f.message, slot, f.claimed_at));
+        self.spawn_delivery(deliveries, f.message, slot, f.claimed_at);
+    }
+
+    fn spawn_delivery(
+        self: &Arc<Self>,
+        deliveries: &mut JoinSet<()>,
+        m: OutboxMessage,
+        slot: Arc<Slot>,
+        claimed_at: DateTime<Utc>,
+    ) {
+        self.in_hand.fetch_add(1, Ordering::Relaxed);
+        let daemon = self.clone();
+        deliveries.spawn(async move {
+            daemon.clone().deliver(m, slot, claimed_at).await;
+            daemon.in_hand.fetch_sub(1, Ordering::Relaxed);
+        });
     }
 
     /// Waits for a permit of the message's channel, delivers, records the result.
@@ -392,10 +411,8 @@ impl Daemon {
         let recorded = match result {
             Ok(delivery) => {
                 self.metrics.delivery(&m.channel, "delivered");
-                // Recorded with the next batch of deliveries, which logs a failure; the
-                // delivery is done meanwhile, so that a slow record holds up no more of
-                // them (its claim keeps the message from going out again meanwhile).
-                self.delivered.push((key, delivery.provider_id));
+                // A failure is logged by the batch.
+                let _ = self.delivered.call((key, delivery.provider_id)).await;
                 return;
             }
             Err(DeliveryError::Retryable {
