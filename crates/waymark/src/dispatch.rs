@@ -45,8 +45,11 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 const OUTBOX_POLL: Duration = Duration::from_millis(500);
 /// The most messages one claim takes.
 const CLAIM_BATCH: usize = 512;
-/// The most messages claimed and not yet recorded, across channels.
-const MAX_IN_HAND: usize = 2048;
+/// The most messages claimed and not yet recorded, across channels: a few megabytes. Only
+/// fast providers get near it (a channel may hold what it delivers in a quarter of the
+/// lease); for them it sets how many deliveries overlap the writes that claim and record
+/// them (in the daemon benchmark 8192 delivered a fifth faster than 2048).
+const MAX_IN_HAND: usize = 8192;
 
 /// A channel's share of the dispatcher.
 pub(crate) struct Slot {
