@@ -1,5 +1,6 @@
-//! The outbox dispatcher over a real SQLite store: a channel never has more deliveries in
-//! flight than its `concurrency`, and while it is saturated other channels go on.
+//! The outbox dispatcher and the timer loop over a real SQLite store: a channel never has
+//! more deliveries in flight than its `concurrency`, and while it is saturated other
+//! channels go on; timers due together fire once each.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -197,4 +198,100 @@ async fn a_channel_never_has_more_deliveries_in_flight_than_its_concurrency() {
     assert_eq!(store.depths().await.unwrap().outbox_pending, 0);
     let _ = stop.send(true);
     dispatcher.await.unwrap();
+}
+
+const FIRST: &str = "
+id: first
+trigger:
+  api: true
+steps:
+  pause:
+    wait: 1s
+    next: note
+  note:
+    send: fast
+    template: note
+";
+
+const SECOND: &str = "
+id: second
+trigger:
+  api: true
+steps:
+  pause:
+    wait: 1s
+    next: note
+  note:
+    send: fast
+    template: note
+";
+
+/// Timers that fall due together are fired in batches, a customer's queue held for
+/// the batch: a customer with two timers due at once (the second waits behind the batch
+/// in her queue) gets each fired once, and every message goes out once, straight from
+/// the commit to the dispatcher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timers_due_together_fire_once_each_even_two_of_one_customer() {
+    let dir = tempfile::tempdir().unwrap();
+    let journeys = dir.path().join("journeys");
+    write(&journeys, "first.yaml", FIRST);
+    write(&journeys, "second.yaml", SECOND);
+    write(&journeys, "templates/note.yaml", NOTE);
+    let (workspace, _) = waymark_journey::load(&journeys).unwrap();
+    let seen = Arc::new(Seen::default());
+    let registry = Registry::new().with(RecordingKind {
+        kind: "open",
+        seen: seen.clone(),
+        gate: None,
+    });
+    let mut config = Config::defaults();
+    config.journeys = journeys;
+    config.defaults = false;
+    config.channels = [("fast".to_owned(), json!({"kind": "open"}))]
+        .into_iter()
+        .collect();
+    let channels = Arc::new(Channels::build(&registry, &config.channels, false).unwrap());
+    let directory: Arc<dyn ChannelDirectory> = channels.clone();
+    let engine = Engine::new(workspace, config.policy.clone(), directory);
+    let store = SqliteStore::open_path(&dir.path().join("w.db"))
+        .await
+        .unwrap()
+        .shared();
+    let daemon = Daemon::new(store, engine, channels, Arc::new(SystemClock), config);
+    let (stop, stopped) = watch::channel(false);
+    let dispatcher = tokio::spawn(daemon.clone().dispatch_loop(stopped.clone()));
+
+    let enrollments = [
+        ("ann", "first"),
+        ("ann", "second"),
+        ("bob", "first"),
+        ("cy", "second"),
+    ];
+    for (customer, journey) in enrollments {
+        let input = Input::Enroll {
+            journey: journey.to_owned(),
+            properties: Map::new(),
+        };
+        daemon.call(customer, input).await.unwrap();
+    }
+    let timers = tokio::spawn(daemon.clone().timer_loop(stopped));
+
+    until("every message is delivered", || {
+        seen.delivered.load(Ordering::SeqCst) >= enrollments.len()
+    })
+    .await;
+    assert!(daemon.drain(Duration::from_secs(10)).await);
+    let _ = stop.send(true);
+    dispatcher.await.unwrap();
+    timers.await.unwrap();
+
+    assert_eq!(seen.delivered.load(Ordering::SeqCst), enrollments.len());
+    assert_eq!(daemon.metrics.timers_fired.load(Ordering::SeqCst), 4);
+    let depths = daemon.store.depths().await.unwrap();
+    assert_eq!((depths.active_enrollments, depths.outbox_pending), (0, 0));
+    let ann = daemon.store.recent_messages("ann", 10).await.unwrap();
+    let mut journeys: Vec<&str> = ann.iter().map(|m| m.journey.as_str()).collect();
+    journeys.sort_unstable();
+    assert_eq!(journeys, ["first", "second"]);
+    assert!(ann.iter().all(|m| m.delivery.as_deref() == Some("sent")));
 }
