@@ -117,15 +117,40 @@ async fn until(what: &str, done: impl Fn() -> bool) {
     panic!("gave up waiting until {what}");
 }
 
+/// A daemon on a fresh SQLite file in `dir`, running `journeys` (file name, text; the
+/// `note` template comes along) on `channels` built from `registry`.
+async fn daemon(
+    dir: &Path,
+    journeys: &[(&str, &str)],
+    registry: &Registry,
+    channels: &[(&str, Value)],
+) -> Arc<Daemon> {
+    let root = dir.join("journeys");
+    for (file, text) in journeys {
+        write(&root, file, text);
+    }
+    write(&root, "templates/note.yaml", NOTE);
+    let (workspace, _) = waymark_journey::load(&root).unwrap();
+    let mut config = Config::defaults();
+    config.journeys = root;
+    config.defaults = false;
+    config.channels = channels
+        .iter()
+        .map(|(name, channel)| ((*name).to_owned(), channel.clone()))
+        .collect();
+    let channels = Arc::new(Channels::build(registry, &config.channels, false).unwrap());
+    let directory: Arc<dyn ChannelDirectory> = channels.clone();
+    let engine = Engine::new(workspace, config.policy.clone(), directory);
+    let store = SqliteStore::open_path(&dir.join("w.db"))
+        .await
+        .unwrap()
+        .shared();
+    Daemon::new(store, engine, channels, Arc::new(SystemClock), config)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_channel_never_has_more_deliveries_in_flight_than_its_concurrency() {
     let dir = tempfile::tempdir().unwrap();
-    let journeys = dir.path().join("journeys");
-    write(&journeys, "slow.yaml", SLOW);
-    write(&journeys, "fast.yaml", FAST);
-    write(&journeys, "templates/note.yaml", NOTE);
-    let (workspace, _) = waymark_journey::load(&journeys).unwrap();
-
     let slow = Arc::new(Seen::default());
     let fast = Arc::new(Seen::default());
     let gate = Arc::new(Semaphore::new(0));
@@ -140,26 +165,16 @@ async fn a_channel_never_has_more_deliveries_in_flight_than_its_concurrency() {
             seen: fast.clone(),
             gate: None,
         });
-    let mut config = Config::defaults();
-    config.journeys = journeys;
-    config.defaults = false;
-    config.channels = [
-        (
-            "slow".to_owned(),
-            json!({"kind": "gated", "concurrency": 2}),
-        ),
-        ("fast".to_owned(), json!({"kind": "open"})),
-    ]
-    .into_iter()
-    .collect();
-    let channels = Arc::new(Channels::build(&registry, &config.channels, false).unwrap());
-    let directory: Arc<dyn ChannelDirectory> = channels.clone();
-    let engine = Engine::new(workspace, config.policy.clone(), directory);
-    let store = SqliteStore::open_path(&dir.path().join("w.db"))
-        .await
-        .unwrap()
-        .shared();
-    let daemon = Daemon::new(store, engine, channels, Arc::new(SystemClock), config);
+    let daemon = daemon(
+        dir.path(),
+        &[("slow.yaml", SLOW), ("fast.yaml", FAST)],
+        &registry,
+        &[
+            ("slow", json!({"kind": "gated", "concurrency": 2})),
+            ("fast", json!({"kind": "open"})),
+        ],
+    )
+    .await;
 
     for (journey, customers) in [("slow_news", 10), ("fast_news", 5)] {
         for i in 0..customers {
@@ -200,8 +215,11 @@ async fn a_channel_never_has_more_deliveries_in_flight_than_its_concurrency() {
     dispatcher.await.unwrap();
 }
 
-const FIRST: &str = "
-id: first
+/// An API journey `id`: a one-second wait, then a note on the `fast` channel.
+fn wait_then_note(id: &str) -> String {
+    format!(
+        "
+id: {id}
 trigger:
   api: true
 steps:
@@ -211,20 +229,9 @@ steps:
   note:
     send: fast
     template: note
-";
-
-const SECOND: &str = "
-id: second
-trigger:
-  api: true
-steps:
-  pause:
-    wait: 1s
-    next: note
-  note:
-    send: fast
-    template: note
-";
+"
+    )
+}
 
 /// Timers that fall due together are fired in batches, a customer's queue held for
 /// the batch: a customer with two timers due at once (the second waits behind the batch
@@ -233,31 +240,22 @@ steps:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timers_due_together_fire_once_each_even_two_of_one_customer() {
     let dir = tempfile::tempdir().unwrap();
-    let journeys = dir.path().join("journeys");
-    write(&journeys, "first.yaml", FIRST);
-    write(&journeys, "second.yaml", SECOND);
-    write(&journeys, "templates/note.yaml", NOTE);
-    let (workspace, _) = waymark_journey::load(&journeys).unwrap();
     let seen = Arc::new(Seen::default());
     let registry = Registry::new().with(RecordingKind {
         kind: "open",
         seen: seen.clone(),
         gate: None,
     });
-    let mut config = Config::defaults();
-    config.journeys = journeys;
-    config.defaults = false;
-    config.channels = [("fast".to_owned(), json!({"kind": "open"}))]
-        .into_iter()
-        .collect();
-    let channels = Arc::new(Channels::build(&registry, &config.channels, false).unwrap());
-    let directory: Arc<dyn ChannelDirectory> = channels.clone();
-    let engine = Engine::new(workspace, config.policy.clone(), directory);
-    let store = SqliteStore::open_path(&dir.path().join("w.db"))
-        .await
-        .unwrap()
-        .shared();
-    let daemon = Daemon::new(store, engine, channels, Arc::new(SystemClock), config);
+    let daemon = daemon(
+        dir.path(),
+        &[
+            ("first.yaml", &wait_then_note("first")),
+            ("second.yaml", &wait_then_note("second")),
+        ],
+        &registry,
+        &[("fast", json!({"kind": "open"}))],
+    )
+    .await;
     let (stop, stopped) = watch::channel(false);
     let dispatcher = tokio::spawn(daemon.clone().dispatch_loop(stopped.clone()));
 
