@@ -204,6 +204,7 @@ impl Daemon {
     /// dispatcher, a channel without room, or as many messages in hand as the dispatcher
     /// holds (delivered ones whose record is still being written count): the messages
     /// then wait in the outbox for a claim.
+    ///
     /// Room is checked and taken channel by channel, so concurrent commits may overfill a
     /// share by a batch at most; that only brings a channel's claims to a pause sooner.
     pub(crate) fn reserve_deliveries(&self, effects: &[Effect]) -> bool {
