@@ -401,26 +401,14 @@ impl Daemon {
                     match rx.try_recv() {
                         Ok(job) => job,
                         Err(_) => {
-                            queues.remove(&key);
-                            if queues.is_empty() {
-                                self.idle.notify_waiters();
-                            }
+                            self.retire(&mut queues, &key);
                             return;
                         }
                     }
                 }
             };
             let result = self.apply(&key, &job.input).await;
-            match &job.input {
-                Input::Event { seq, .. } => {
-                    lock(&self.events_in_flight).remove(seq);
-                }
-                Input::Timer { enrollment, .. } => {
-                    lock(&self.timers_in_flight).remove(enrollment);
-                    self.timers_done.notify_one();
-                }
-                _ => {}
-            }
+            self.done_with(&job.input);
             if let Err(e) = &result
                 && job.reply.is_none()
             {
@@ -429,6 +417,29 @@ impl Daemon {
             if let Some(reply) = job.reply {
                 let _ = reply.send(result);
             }
+        }
+    }
+
+    /// Forgets a customer's queue found empty under the map lock `queues`.
+    fn retire(&self, queues: &mut HashMap<String, mpsc::UnboundedSender<Job>>, key: &str) {
+        queues.remove(key);
+        if queues.is_empty() {
+            self.idle.notify_waiters();
+        }
+    }
+
+    /// An inbox event or timer handled (or given up on for now): the loops may queue it
+    /// again.
+    fn done_with(&self, input: &Input) {
+        match input {
+            Input::Event { seq, .. } => {
+                lock(&self.events_in_flight).remove(seq);
+            }
+            Input::Timer { enrollment, .. } => {
+                lock(&self.timers_in_flight).remove(enrollment);
+                self.timers_done.notify_one();
+            }
+            _ => {}
         }
     }
 
@@ -679,10 +690,7 @@ impl Daemon {
         // Checked under the map lock that `enqueue` sends under: no input is left behind.
         let mut queues = lock(&self.queues);
         if queue.is_empty() {
-            queues.remove(&key);
-            if queues.is_empty() {
-                self.idle.notify_waiters();
-            }
+            self.retire(&mut queues, &key);
         } else {
             drop(queues);
             tokio::spawn(self.clone().work(key, queue));
@@ -739,10 +747,7 @@ impl Daemon {
         }
         drop(outcomes);
         for h in held {
-            if let Input::Timer { enrollment, .. } = &h.input {
-                lock(&self.timers_in_flight).remove(enrollment);
-            }
-            self.timers_done.notify_one();
+            self.done_with(&h.input);
             self.release(h.key, h.queue);
         }
     }

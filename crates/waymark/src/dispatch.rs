@@ -168,9 +168,10 @@ impl Daemon {
 
     /// The busy channels, and how many messages the next claim may take: no more than
     /// any channel that is not busy has room for, and none when every channel is busy.
-    fn claimable(&self, in_hand: usize) -> (Vec<String>, usize) {
+    fn claimable(&self) -> (Vec<String>, usize) {
         let slots = lock(&self.slots);
         let mut busy = Vec::new();
+        let in_hand = self.in_hand.load(Ordering::Relaxed);
         let mut limit = CLAIM_BATCH.min(MAX_IN_HAND.saturating_sub(in_hand));
         if self.channels.accepts_any() {
             // Channels the config does not name (there is none) start at the default.
@@ -189,8 +190,8 @@ impl Daemon {
     }
 
     /// How many channels a claim could serve now.
-    fn open_channels(&self, in_hand: usize) -> usize {
-        let (busy, limit) = self.claimable(in_hand);
+    fn open_channels(&self) -> usize {
+        let (busy, limit) = self.claimable();
         if limit == 0 {
             0
         } else {
@@ -270,14 +271,13 @@ impl Daemon {
                 }
             }
             if claim {
-                let (busy, limit) = self.claimable(deliveries.len());
+                let (busy, limit) = self.claimable();
                 let taken = if limit == 0 {
                     0
                 } else {
                     self.claim(&mut deliveries, &busy, limit).await
                 };
-                short_of_room =
-                    (limit == 0 || !busy.is_empty()).then(|| self.open_channels(deliveries.len()));
+                short_of_room = (limit == 0 || !busy.is_empty()).then(|| self.open_channels());
                 claim = limit > 0 && taken == limit;
                 if claim {
                     continue;
@@ -287,7 +287,7 @@ impl Daemon {
                 Some(f) = next_fresh(&mut fresh) => self.spawn_fresh(&mut deliveries, f),
                 () = self.outbox_ready.notified() => claim = true,
                 () = self.delivery_done.notified() => {
-                    claim = short_of_room.is_some_and(|open| self.open_channels(deliveries.len()) > open);
+                    claim = short_of_room.is_some_and(|open| self.open_channels() > open);
                 }
                 _ = poll.tick() => claim = true,
                 _ = stop.changed() => {}
@@ -331,6 +331,7 @@ impl Daemon {
         self.spawn_delivery(deliveries, f.message, slot, f.claimed_at);
     }
 
+    /// Starts a delivery, counted in hand until its result is recorded.
     fn spawn_delivery(
         self: &Arc<Self>,
         deliveries: &mut JoinSet<()>,
