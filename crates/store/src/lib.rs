@@ -267,10 +267,15 @@ pub trait Store: Send + Sync + 'static {
     async fn ingest_event(&self, event: &NewEvent, now: DateTime<Utc>) -> Result<Ingested>;
 
     /// Accepts many events, one result per event in order; every accepted one is durable
-    /// when this returns. A `messageId` repeated within the batch is accepted once. The
-    /// default ingests them concurrently, each on its own.
+    /// when this returns. Sequence numbers follow the batch's order, so one customer's
+    /// events are handled in the order they came. A `messageId` repeated within the batch
+    /// is accepted once. The default ingests them one after another.
     async fn ingest_many(&self, events: &[NewEvent], now: DateTime<Utc>) -> Vec<Result<Ingested>> {
-        join_all(events.iter().map(|event| self.ingest_event(event, now))).await
+        let mut results = Vec::with_capacity(events.len());
+        for event in events {
+            results.push(self.ingest_event(event, now).await);
+        }
+        results
     }
 
     /// Accepted events not yet handled, oldest first, after sequence number `after`.

@@ -149,6 +149,52 @@ impl PostgresStore {
             }
         }
     }
+
+    /// [`Store::ingest_many`] in one transaction: one commit for the batch, and sequence
+    /// numbers in the batch's order (events ingested concurrently could take theirs in
+    /// any order, and one customer's events would then be handled out of order). A
+    /// `messageId` repeated in the batch meets the row its first occurrence wrote.
+    async fn ingest_together(
+        &self,
+        events: &[NewEvent],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Ingested>> {
+        let mut tx = self.pool.begin().await?;
+        let mut results = Vec::with_capacity(events.len());
+        for event in events {
+            results.push(ingest_in(&mut *tx, event, now).await?);
+        }
+        tx.commit().await?;
+        Ok(results)
+    }
+}
+
+/// Accepts `event`, or recognises its `messageId` as a duplicate. The `message_ids`
+/// upsert and the event insert are one statement.
+async fn ingest_in<'e>(
+    executor: impl PgExecutor<'e>,
+    event: &NewEvent,
+    now: DateTime<Utc>,
+) -> Result<Ingested> {
+    let insert = sqlx::query(
+        "WITH fresh AS (
+             INSERT INTO message_ids (message_id, received_at)
+             SELECT $5, $6 WHERE $5 IS NOT NULL
+             ON CONFLICT (message_id) DO UPDATE SET received_at = EXCLUDED.received_at
+             WHERE message_ids.received_at < $7
+             RETURNING 1)
+         INSERT INTO events (customer, name, at, properties, message_id, received_at)
+         SELECT $1, $2, $3, $4, $5, $6 WHERE $5 IS NULL OR EXISTS (SELECT 1 FROM fresh)
+         RETURNING seq",
+    );
+    let stored = tables::bind_event(insert, event, nanos(now))
+        .bind(nanos(now - DEDUP_WINDOW))
+        .fetch_optional(executor)
+        .await?;
+    match stored {
+        Some(row) => Ok(Ingested::Accepted(row.try_get("seq")?)),
+        None => Ok(Ingested::Duplicate),
+    }
 }
 
 /// Redirects profile `other` (loaded at `revision`) to `into` for good, and moves its
@@ -334,25 +380,21 @@ impl Store for PostgresStore {
     }
 
     async fn ingest_event(&self, event: &NewEvent, now: DateTime<Utc>) -> Result<Ingested> {
-        let insert = sqlx::query(
-            "WITH fresh AS (
-                 INSERT INTO message_ids (message_id, received_at)
-                 SELECT $5, $6 WHERE $5 IS NOT NULL
-                 ON CONFLICT (message_id) DO UPDATE SET received_at = EXCLUDED.received_at
-                 WHERE message_ids.received_at < $7
-                 RETURNING 1)
-             INSERT INTO events (customer, name, at, properties, message_id, received_at)
-             SELECT $1, $2, $3, $4, $5, $6 WHERE $5 IS NULL OR EXISTS (SELECT 1 FROM fresh)
-             RETURNING seq",
-        );
-        let stored = tables::bind_event(insert, event, nanos(now))
-            .bind(nanos(now - DEDUP_WINDOW))
-            .fetch_optional(&self.pool)
-            .await?;
-        match stored {
-            Some(row) => Ok(Ingested::Accepted(row.try_get("seq")?)),
-            None => Ok(Ingested::Duplicate),
+        ingest_in(&self.pool, event, now).await
+    }
+
+    async fn ingest_many(&self, events: &[NewEvent], now: DateTime<Utc>) -> Vec<Result<Ingested>> {
+        if events.len() > 1
+            && let Ok(results) = self.ingest_together(events, now).await
+        {
+            return results.into_iter().map(Ok).collect();
         }
+        // One transaction each, in order, so that a failure belongs to its own event.
+        let mut results = Vec::with_capacity(events.len());
+        for event in events {
+            results.push(self.ingest_event(event, now).await);
+        }
+        results
     }
 
     async fn inbox(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>> {
