@@ -104,10 +104,19 @@ impl SqliteStore {
         // made the daemon benchmark no faster at a million customers and slower at
         // 200,000, as SQLite scans the cache's whole hash table at the end of each write
         // transaction.
+        //
+        // Statement journals in memory: a batch commit wraps each customer in a
+        // savepoint, and every page it first touches is copied to the statement journal,
+        // by default a temporary file created and unlinked again and again.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
-            .connect_with(options.clone().pragma("cache_size", "-16384"))
+            .connect_with(
+                options
+                    .clone()
+                    .pragma("cache_size", "-16384")
+                    .pragma("temp_store", "memory"),
+            )
             .await
             .map_err(setup)?;
         migrator()
