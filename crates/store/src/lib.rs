@@ -191,8 +191,8 @@ pub struct LoggedMessage {
     pub outcome: String,
     pub reason: Option<String>,
     pub at: DateTime<Utc>,
-    /// The outbox's view: `pending`, `sent` or `failed`; `None` when never handed to a
-    /// channel.
+    /// The outbox's view: `pending`, `sent`, `failed`, or `skipped` when it came too late
+    /// to go out ([`Store::outbox_expired`]); `None` when never handed to a channel.
     pub delivery: Option<String>,
     pub provider_id: Option<String>,
 }
@@ -344,6 +344,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Delivery failed for good: the outbox row and the message log say why.
     async fn outbox_failed(&self, key: &str, error: &str, now: DateTime<Utc>) -> Result<()>;
+
+    /// The messages among `keys` that are still pending came too late to go out (the
+    /// dispatcher found them due longer ago than their journey's `max_lateness`): each
+    /// outbox row leaves the pending set for good (its delivery `skipped`), and the message
+    /// log records the message `skipped` with reason `expired`, as it records a send the
+    /// engine found too late, so frequency caps no longer count it. A message sent or
+    /// failed meanwhile is left as it is. Returns how many were skipped.
+    async fn outbox_expired(&self, keys: &[&str], now: DateTime<Utc>) -> Result<u64>;
 
     /// The customer's latest messages, newest first.
     async fn recent_messages(&self, customer: &str, limit: u32) -> Result<Vec<LoggedMessage>>;

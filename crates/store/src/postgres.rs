@@ -501,6 +501,30 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn outbox_expired(&self, keys: &[&str], now: DateTime<Utc>) -> Result<u64> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let (outcome, reason) = tables::expired_outcome();
+        // The outbox row is updated (and locked) first, and only while still pending: a
+        // replica recording it sent or failed meanwhile wins, and its log row stays.
+        let expired = sqlx::query(
+            "WITH expired AS (
+                 UPDATE outbox SET status = $2, last_error = $3, done_at = $4
+                 WHERE idempotency_key = ANY($1) AND status = 'pending'
+                 RETURNING idempotency_key)
+             UPDATE message_log SET outcome = $2, reason = $3
+             FROM expired WHERE message_log.idempotency_key = expired.idempotency_key",
+        )
+        .bind(keys)
+        .bind(outcome)
+        .bind(reason)
+        .bind(nanos(now))
+        .execute(&self.pool)
+        .await?;
+        Ok(expired.rows_affected())
+    }
+
     async fn recent_messages(&self, customer: &str, limit: u32) -> Result<Vec<LoggedMessage>> {
         let customer = resolve_in(&self.pool, customer).await?;
         let rows = tables::recent_messages(&customer, limit)

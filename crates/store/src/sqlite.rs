@@ -533,6 +533,38 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn outbox_expired(&self, keys: &[&str], now: DateTime<Utc>) -> Result<u64> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let (outcome, reason) = tables::expired_outcome();
+        let mut tx = self.writer.begin().await?;
+        let expired: Vec<String> = sqlx::query_scalar(
+            "UPDATE outbox SET status = ?, last_error = ?, done_at = ?
+             WHERE idempotency_key IN (SELECT value FROM json_each(?)) AND status = 'pending'
+             RETURNING idempotency_key",
+        )
+        .bind(outcome)
+        .bind(reason)
+        .bind(nanos(now))
+        .bind(json_text(&keys))
+        .fetch_all(&mut *tx)
+        .await?;
+        if !expired.is_empty() {
+            sqlx::query(
+                "UPDATE message_log SET outcome = ?, reason = ?
+                 WHERE idempotency_key IN (SELECT value FROM json_each(?))",
+            )
+            .bind(outcome)
+            .bind(reason)
+            .bind(json_text(&expired))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(u64::try_from(expired.len()).unwrap_or(u64::MAX))
+    }
+
     async fn recent_messages(&self, customer: &str, limit: u32) -> Result<Vec<LoggedMessage>> {
         let customer = self.resolve_in(customer).await?;
         let rows = tables::recent_messages(&customer, limit)

@@ -15,7 +15,7 @@ use sqlx::query::Query;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Row, Type};
 use waymark_journey::StepIdx;
 use waymark_scheduler::{
-    CustomerState, Effect, Enrollment, Event, SendOutcome, SentMessage, Status,
+    CustomerState, Effect, Enrollment, Event, SendOutcome, SentMessage, SkipReason, Status,
 };
 
 use crate::codec::{
@@ -416,6 +416,14 @@ where
     .text(key)
     .int(nanos(next_attempt_at))
     .text(error)
+}
+
+/// The message log's `outcome` and `reason` of a message that came too late to go out,
+/// as the engine logs a send it found too late; the outbox row's `status` and
+/// `last_error` say the same. See [`crate::Store::outbox_expired`].
+pub(crate) fn expired_outcome() -> (&'static str, &'static str) {
+    let (outcome, reason) = send_outcome(SendOutcome::Skipped(SkipReason::Expired));
+    (outcome, reason.unwrap_or_default())
 }
 
 /// The setting `name`, inserted as `value` if missing; returns the stored `value` column.

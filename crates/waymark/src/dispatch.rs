@@ -11,6 +11,10 @@
 //! wait too long (a provider that suddenly slows down), it is left to the next claim
 //! rather than risk a second send.
 //!
+//! A message found due longer ago than its journey's `max_lateness` (it waited out a
+//! downtime in the outbox, or kept failing) is not handed over: like a send the engine
+//! finds too late, it is skipped as `expired`, and leaves the outbox for good.
+//!
 //! Messages this daemon commits need no claim: when their channels have room, the commit
 //! writes them already claimed for this daemon and hands them to the dispatcher in memory
 //! ([`Fresh`]), which spares the database a write and a read per message. Should the
@@ -140,6 +144,15 @@ impl Fresh {
             claimed_at,
         }
     }
+}
+
+/// What became of a message's turn at its channel.
+enum Attempt {
+    Made(Result<Delivery, DeliveryError>),
+    /// Found too late to go out, at this instant.
+    Expired(DateTime<Utc>),
+    /// Left for the next claim.
+    Left,
 }
 
 /// The messages among `effects` that are handed to a channel (the outbox's rows).
@@ -317,6 +330,9 @@ impl Daemon {
             }
         };
         let taken = claimed.len();
+        let (expired, claimed): (Vec<_>, Vec<_>) =
+            claimed.into_iter().partition(|m| self.expired(m, now));
+        self.skip_expired(&expired, now).await;
         for message in claimed {
             let slot = self.slot(&message.channel);
             slot.claimed.fetch_add(1, Ordering::Relaxed);
@@ -347,32 +363,78 @@ impl Daemon {
         });
     }
 
-    /// Waits for a permit of the message's channel, delivers, records the result.
+    /// Waits for a permit of the message's channel, delivers, records the result. A
+    /// message that has become too late meanwhile (a fresh one, or one that waited long
+    /// for the permit) is skipped instead.
     async fn deliver(
         self: Arc<Self>,
         m: OutboxMessage,
         slot: Arc<Slot>,
         claimed_at: DateTime<Utc>,
     ) {
-        let result = {
+        let attempt = {
             let _permit = slot.permits.acquire().await;
-            let lease_left = claimed_at + LEASE - self.clock.now();
-            if lease_left.to_std().unwrap_or_default() > DELIVERY_TIMEOUT {
+            let now = self.clock.now();
+            let lease_left = claimed_at + LEASE - now;
+            if self.expired(&m, now) {
+                Attempt::Expired(now)
+            } else if lease_left.to_std().unwrap_or_default() > DELIVERY_TIMEOUT {
                 let started = Instant::now();
                 let result = self.hand_over(&m).await;
                 slot.record_pace(started.elapsed());
-                Some(result)
+                Attempt::Made(result)
             } else {
                 // The claim could run out mid-delivery and someone else deliver it too:
                 // leave it to the next claim.
                 tracing::warn!(key = %m.idempotency_key, channel = %m.channel, "waited too long for a free delivery slot; left for the next claim");
-                None
+                Attempt::Left
             }
         };
         slot.claimed.fetch_sub(1, Ordering::Relaxed);
         self.delivery_done.notify_one();
-        if let Some(result) = result {
-            self.record(m, result).await;
+        match attempt {
+            Attempt::Made(result) => self.record(m, result).await,
+            Attempt::Expired(now) => self.skip_expired(&[m], now).await,
+            Attempt::Left => {}
+        }
+    }
+
+    /// The longest a message of `journey` may wait for its delivery: the `max_lateness`
+    /// of the journey's policy as loaded now, over the daemon's policy (the engine's
+    /// resolution, [`waymark_journey::Policy::with`], of this one key); the daemon's own
+    /// for a journey no longer loaded. The current version decides, not the one that made
+    /// the message: the outbox does not keep versions, and a `max_lateness` raised during
+    /// an outage should save the messages it waited out.
+    fn max_lateness(&self, journey: &str) -> TimeDelta {
+        let own = self.with_engine(|engine| {
+            engine
+                .workspace()
+                .journey(journey)
+                .and_then(|j| j.policy.max_lateness)
+        });
+        own.unwrap_or(self.config.policy.max_lateness)
+    }
+
+    /// Whether `m` is due longer ago than its journey's `max_lateness` at `now`: the
+    /// engine's rule for sends, with the message's due time the moment the engine made it.
+    fn expired(&self, m: &OutboxMessage, now: DateTime<Utc>) -> bool {
+        now - m.created_at > self.max_lateness(&m.journey)
+    }
+
+    /// Records `messages` as skipped for being too late. Should that fail, they stay
+    /// claimed until their lease runs out, and are found too late again by the next claim.
+    async fn skip_expired(&self, messages: &[OutboxMessage], now: DateTime<Utc>) {
+        let Some(oldest) = messages.iter().map(|m| m.created_at).min() else {
+            return;
+        };
+        let late = (now - oldest).to_std().unwrap_or_default();
+        tracing::warn!(messages = messages.len(), late = ?late, "messages due longer ago than their journey's max_lateness skipped as expired");
+        let keys: Vec<&str> = messages
+            .iter()
+            .map(|m| m.idempotency_key.as_str())
+            .collect();
+        if let Err(e) = self.store.outbox_expired(&keys, now).await {
+            tracing::error!(error = %e, messages = keys.len(), "cannot record expired messages");
         }
     }
 

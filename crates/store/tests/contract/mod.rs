@@ -34,6 +34,7 @@ macro_rules! suite {
             many_deliveries_are_recorded_at_once_and_busy_channels_are_skipped,
             claims_of_a_daemon_that_is_gone_are_released,
             messages_committed_claimed_wait_for_their_committer_until_the_claim_runs_out,
+            messages_that_came_too_late_are_skipped_as_expired_for_good,
         );
     };
     ($run:path: $($test:ident),+ $(,)?) => {
@@ -883,4 +884,63 @@ pub async fn messages_committed_claimed_wait_for_their_committer_until_the_claim
         .map(|m| (m.customer.as_str(), m.attempts))
         .collect();
     assert_eq!(seen, [("ann", 2), ("bob", 2), ("dan", 2)]);
+}
+
+/// Messages the dispatcher found too late to go out are skipped as `expired`: the message
+/// log says so as it does for the engine's own expired sends, frequency caps stop
+/// counting them, and their outbox rows are never claimed again. A message recorded sent
+/// meanwhile keeps its record.
+pub async fn messages_that_came_too_late_are_skipped_as_expired_for_good(f: Fixture) {
+    for id in ["ann", "bob", "cy"] {
+        identify(&f, id).await;
+        track(&f, id, "signed_up", t0()).await;
+    }
+    let later = t0() + TimeDelta::days(2);
+    let lease = TimeDelta::minutes(1);
+    let claimed = f.store.claim_outbox(later, lease, 10, &[]).await.unwrap();
+    let key = |id: &str| {
+        claimed
+            .iter()
+            .find(|m| m.customer == id)
+            .map(|m| m.idempotency_key.clone())
+            .unwrap()
+    };
+    let (ann, bob) = (key("ann"), key("bob"));
+    f.store.outbox_sent(&bob, None, later).await.unwrap();
+
+    let expired = f
+        .store
+        .outbox_expired(&[ann.as_str(), bob.as_str(), "no-such-key"], later)
+        .await
+        .unwrap();
+    assert_eq!(expired, 1, "only ann's message was still pending");
+    let logged = f.store.recent_messages("ann", 10).await.unwrap();
+    assert_eq!(
+        (logged[0].outcome.as_str(), logged[0].reason.as_deref()),
+        ("skipped", Some("expired"))
+    );
+    assert_eq!(logged[0].delivery.as_deref(), Some("skipped"));
+    let customer = f.store.load_customer("ann").await.unwrap();
+    assert!(customer.state.profile.messages.is_empty());
+    let bob_logged = f.store.recent_messages("bob", 10).await.unwrap();
+    assert_eq!(
+        (
+            bob_logged[0].outcome.as_str(),
+            bob_logged[0].delivery.as_deref()
+        ),
+        ("sent", Some("sent"))
+    );
+
+    // Gone from the pending set: only cy's message is left, and claimed again once its
+    // lease runs out.
+    assert_eq!(f.store.depths().await.unwrap().outbox_pending, 1);
+    let again = f
+        .store
+        .claim_outbox(later + lease, lease, 10, &[])
+        .await
+        .unwrap();
+    let customers: Vec<&str> = again.iter().map(|m| m.customer.as_str()).collect();
+    assert_eq!(customers, ["cy"]);
+    assert_eq!(f.store.outbox_expired(&[&ann], later).await.unwrap(), 0);
+    assert_eq!(f.store.outbox_expired(&[], later).await.unwrap(), 0);
 }
