@@ -192,6 +192,7 @@ pub mod codes {
     pub const SEGMENT_CYCLE: &str = "E0024";
     pub const IO: &str = "E0025";
     pub const UNREACHABLE_STEP: &str = "W0001";
+    pub const NEXT_IGNORED: &str = "W0002";
 
     /// Every code with its short name and what it means.
     pub const ALL: &[(&str, &str, &str)] = &[
@@ -230,7 +231,7 @@ pub mod codes {
         (
             NEXT_NOT_ALLOWED,
             "next-not-allowed",
-            "`branch`, `split`, `wait_for` and `exit` choose their own way on",
+            "`branch`, `split` and `wait_for` choose their own way on",
         ),
         (
             UNKNOWN_STEP,
@@ -308,6 +309,11 @@ pub mod codes {
             UNREACHABLE_STEP,
             "unreachable-step",
             "no path from the start leads to this step",
+        ),
+        (
+            NEXT_IGNORED,
+            "next-ignored",
+            "an `exit` step ends the journey, so its `next` is never followed",
         ),
     ];
 

@@ -7,9 +7,9 @@ use std::str::FromStr;
 use crate::analysis;
 use crate::diagnostics::codes;
 use crate::model::{
-    Audience, BackStep, BranchArm, ChannelChoice, EventMatch, Journey, Outcome, Policy,
-    PolicyOverride, Pos, Reentry, SendAt, SendStep, Step, StepIdx, StepKind, TraitValue, Trigger,
-    Variant,
+    Audience, BackStep, BranchArm, ChannelChoice, CronSchedule, EventMatch, Journey, Outcome,
+    Policy, PolicyOverride, Pos, Reentry, SendAt, SendStep, Step, StepIdx, StepKind, TraitValue,
+    Trigger, Variant,
 };
 use crate::parse::{self, KnownSegments, OptionalField, Report};
 use crate::policy;
@@ -47,14 +47,17 @@ fn step_fields(kind: &str) -> &'static [&'static str] {
             "next",
             "stage",
         ],
+        // A wait-until's `timezone` may sit beside `wait`, as other steps' fields do, or
+        // inside it; [`JourneyParser::wait`] refuses it on a plain duration.
+        "wait" => &["timezone", "next", "stage"],
         "wait_for" => &["on_event", "on_timeout", "stage"],
-        "branch" | "split" | "exit" => &["stage"],
+        "branch" | "split" => &["stage"],
         _ => &["next", "stage"],
     }
 }
 
 /// Every key any step may have, for suggestions when a step's kind is unknown.
-const ALL_STEP_KEYS: [&str; 13] = [
+const ALL_STEP_KEYS: [&str; 14] = [
     "send",
     "wait",
     "wait_for",
@@ -66,6 +69,7 @@ const ALL_STEP_KEYS: [&str; 13] = [
     "fallback",
     "transactional",
     "at",
+    "timezone",
     "next",
     "stage",
 ];
@@ -432,7 +436,7 @@ fn check_segment(r: &mut Report<'_>, node: &Node, name: &str, env: &Env<'_>) -> 
 
 /// A standard 5-field cron expression, turned into the `cron` crate's form (which has a
 /// seconds field first and numbers weekdays from 1 = Sunday).
-pub(crate) fn cron(r: &mut Report<'_>, node: &Node, text: &str) -> Option<cron::Schedule> {
+pub(crate) fn cron(r: &mut Report<'_>, node: &Node, text: &str) -> Option<CronSchedule> {
     match cron_schedule(text) {
         Ok(schedule) => Some(schedule),
         Err(why) => {
@@ -448,16 +452,20 @@ pub(crate) fn cron(r: &mut Report<'_>, node: &Node, text: &str) -> Option<cron::
 
 /// Parses a standard 5-field cron expression (minute hour day-of-month month day-of-week).
 ///
+/// As in standard (Vixie) cron, when both day fields are restricted (neither starts with
+/// `*`), a day matches if either does: `0 9 1 * 3` ticks on the 1st and on every
+/// Wednesday.
+///
 /// # Errors
 /// A human-readable reason.
-pub fn cron_schedule(text: &str) -> Result<cron::Schedule, String> {
+pub fn cron_schedule(text: &str) -> Result<CronSchedule, String> {
     let fields: Vec<&str> = text.split_whitespace().collect();
-    if fields.len() != 5 {
+    let &[minute, hour, day, month, weekday] = fields.as_slice() else {
         return Err(format!(
             "expected 5 fields (minute hour day month weekday), found {}",
             fields.len()
         ));
-    }
+    };
     const FIELDS: [(&str, u32, u32); 4] = [
         ("minute", 0, 59),
         ("hour", 0, 23),
@@ -480,16 +488,27 @@ pub fn cron_schedule(text: &str) -> Result<cron::Schedule, String> {
             }
         }
     }
-    let weekdays = standard_weekdays(fields[4])?;
-    let quartz = format!(
-        "0 {} {} {} {} {weekdays}",
-        fields[0], fields[1], fields[2], fields[3]
-    );
-    cron::Schedule::from_str(&quartz).map_err(|e| {
-        let message = e.to_string();
-        let last = message.lines().rev().find(|l| !l.trim().is_empty());
-        last.unwrap_or("not a cron expression").trim().to_owned()
-    })
+    let weekdays = standard_weekdays(weekday)?;
+    let schedule = |day: &str, weekdays: &str| {
+        cron::Schedule::from_str(&format!("0 {minute} {hour} {day} {month} {weekdays}")).map_err(
+            |e| {
+                let message = e.to_string();
+                let last = message.lines().rev().find(|l| !l.trim().is_empty());
+                last.unwrap_or("not a cron expression").trim().to_owned()
+            },
+        )
+    };
+    // The expression as written is checked whole, so its errors read the same either way;
+    // it runs as is (the crate requires both day fields) unless either day field is `*`.
+    let both = schedule(day, &weekdays)?;
+    let unrestricted = |field: &str| field.starts_with('*') || field == "?";
+    if unrestricted(day) || unrestricted(weekday) {
+        return Ok(CronSchedule::new(both, None));
+    }
+    Ok(CronSchedule::new(
+        schedule(day, "*")?,
+        Some(schedule("*", &weekdays)?),
+    ))
 }
 
 /// Rewrites a standard weekday field (0-7, 0 and 7 = Sunday, names, ranges, steps) as an
@@ -678,18 +697,12 @@ impl JourneyParser<'_, '_, '_> {
                 let instead = match kind {
                     "branch" => "each branch has its own `goto`",
                     "split" => "each variant has its own `goto`",
-                    "wait_for" => "use `on_event` and `on_timeout`",
-                    _ => "an exit ends the journey",
-                };
-                let article = if kind.starts_with(['a', 'e', 'i', 'o', 'u']) {
-                    "an"
-                } else {
-                    "a"
+                    _ => "use `on_event` and `on_timeout`",
                 };
                 self.r.error_key(
                     k,
                     codes::NEXT_NOT_ALLOWED,
-                    format!("`next` is not allowed on {article} `{kind}` step: {instead}"),
+                    format!("`next` is not allowed on a `{kind}` step: {instead}"),
                 );
                 continue;
             }
@@ -702,12 +715,30 @@ impl JourneyParser<'_, '_, '_> {
         }
 
         let stage = parse::get(entries, "stage").map(|n| parse::name(self.r, n, "`stage`"));
-        let next = parse::get(entries, "next")
-            .filter(|_| fields.contains(&"next"))
-            .map(|n| self.transition(index, n, &format!("`next` of {what}")));
+        let next = match parse::get_entry(entries, "next") {
+            Some((k, n)) if kind == "exit" => {
+                // The language allows `next` on an exit, but the exit ends the journey all
+                // the same: the step it names is checked, yet no transition leads there.
+                if self.step_ref(n, &format!("`next` of {what}")).is_some() {
+                    self.r.warning_at(
+                        k.pos,
+                        k.len,
+                        codes::NEXT_IGNORED,
+                        format!(
+                            "`next` of {what} is never followed: an `exit` step ends the journey"
+                        ),
+                    );
+                }
+                None
+            }
+            Some((_, n)) if fields.contains(&"next") => {
+                Some(self.transition(index, n, &format!("`next` of {what}")))
+            }
+            _ => None,
+        };
         let kind = match kind {
             "send" => self.send(entries, kind_node, &what).map(StepKind::Send),
-            "wait" => self.wait(kind_node, &what),
+            "wait" => self.wait(entries, kind_node, &what),
             "wait_for" => self.wait_for(index, entries, kind_key, kind_node, &what),
             "branch" => self.branch(index, kind_node, &what),
             "split" => self.split(index, kind_node, &what),
@@ -819,9 +850,23 @@ impl JourneyParser<'_, '_, '_> {
         })
     }
 
-    fn wait(&mut self, node: &Node, what: &str) -> Option<StepKind> {
+    /// `wait: DURATION`, or `wait: {until: "HH:MM"}` with an optional `timezone` inside it
+    /// or beside it (`step` is the whole step's mapping).
+    fn wait(&mut self, step: &[(Key, Node)], node: &Node, what: &str) -> Option<StepKind> {
+        let beside = parse::get_entry(step, "timezone");
         let Some(entries) = node.as_map() else {
-            return parse::positive_duration(self.r, node, "`wait`").map(StepKind::Wait);
+            let wait = parse::positive_duration(self.r, node, "`wait`");
+            if let Some((k, _)) = beside {
+                self.r.error_key(
+                    k,
+                    codes::INVALID_VALUE,
+                    format!(
+                        "`timezone` in {what} needs a `wait: {{until: \"HH:MM\"}}`: a plain duration waits the same in every time zone"
+                    ),
+                );
+                return None;
+            }
+            return wait.map(StepKind::Wait);
         };
         parse::check_keys(
             self.r,
@@ -837,10 +882,26 @@ impl JourneyParser<'_, '_, '_> {
             &format!("`wait` of {what}"),
         )
         .and_then(|n| parse::time_of_day(self.r, n, "`until`"));
-        let timezone = parse::get(entries, "timezone").map(|n| parse::timezone(self.r, n));
+        let inside = parse::get(entries, "timezone").map(|n| parse::timezone(self.r, n));
+        let beside_tz = beside.map(|(_, n)| parse::timezone(self.r, n));
+        let timezone = match (inside.field()?, beside_tz.field()?) {
+            (Some(a), Some(b)) if a != b => {
+                if let Some((k, _)) = beside {
+                    self.r.error_key(
+                        k,
+                        codes::INVALID_VALUE,
+                        format!(
+                            "{what} has two time zones, `{a}` inside `wait` and `{b}` beside it: keep one"
+                        ),
+                    );
+                }
+                return None;
+            }
+            (a, b) => a.or(b),
+        };
         Some(StepKind::WaitUntil {
             time: time?,
-            timezone: timezone.field()?,
+            timezone,
         })
     }
 
@@ -1128,6 +1189,192 @@ mod tests {
         assert_eq!(standard_weekdays("*/2").unwrap(), "SUN,TUE,THU,SAT");
         assert_eq!(standard_weekdays("sat,sun").unwrap(), "SUN,SAT");
         assert!(standard_weekdays("8").is_err());
+    }
+
+    /// The ticks of `cron` in UTC strictly after `after`, as RFC 3339 texts.
+    fn ticks(cron: &str, after: &str, n: usize) -> Vec<String> {
+        let after = chrono::DateTime::parse_from_rfc3339(after)
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        cron_schedule(cron)
+            .unwrap()
+            .after(&after)
+            .take(n)
+            .map(|t| t.format("%Y-%m-%d %H:%M %a").to_string())
+            .collect()
+    }
+
+    #[test]
+    fn restricted_day_fields_match_either_as_in_standard_cron() {
+        // 2026-03-01 is a Sunday; the 4th and 11th are Wednesdays.
+        assert_eq!(
+            ticks("0 9 1 * 3", "2026-02-28T00:00:00Z", 4),
+            [
+                "2026-03-01 09:00 Sun",
+                "2026-03-04 09:00 Wed",
+                "2026-03-11 09:00 Wed",
+                "2026-03-18 09:00 Wed",
+            ]
+        );
+        // A day that matches both ticks once: 2026-04-01 is a Wednesday.
+        assert_eq!(
+            ticks("0 9 1 * 3", "2026-03-26T00:00:00Z", 2),
+            ["2026-04-01 09:00 Wed", "2026-04-08 09:00 Wed"]
+        );
+        // 0 and 7 are both Sunday in the weekday half too.
+        assert_eq!(
+            ticks("30 6 15 * 7", "2026-03-09T00:00:00Z", 3),
+            [
+                "2026-03-15 06:30 Sun",
+                "2026-03-22 06:30 Sun",
+                "2026-03-29 06:30 Sun",
+            ]
+        );
+        // Impossible days of the month leave the weekdays.
+        assert_eq!(
+            ticks("0 0 30 2 1", "2026-01-01T00:00:00Z", 2),
+            ["2026-02-02 00:00 Mon", "2026-02-09 00:00 Mon"]
+        );
+    }
+
+    #[test]
+    fn a_starred_day_field_leaves_the_other_alone() {
+        assert_eq!(
+            ticks("0 9 * * 3", "2026-02-28T00:00:00Z", 2),
+            ["2026-03-04 09:00 Wed", "2026-03-11 09:00 Wed"]
+        );
+        assert_eq!(
+            ticks("0 9 1 * *", "2026-02-28T00:00:00Z", 2),
+            ["2026-03-01 09:00 Sun", "2026-04-01 09:00 Wed"]
+        );
+        // As in Vixie cron, a field starting with `*` (a step over every day) does not count
+        // as restricted: both must match, so only odd-numbered Mondays.
+        assert_eq!(
+            ticks("0 9 */2 * 1", "2026-02-28T00:00:00Z", 2),
+            ["2026-03-09 09:00 Mon", "2026-03-23 09:00 Mon"]
+        );
+    }
+
+    /// Loads a workspace of one journey file (and a `hello` email template): the journey
+    /// if it is valid, and every diagnostic as `CODE LINE:COLUMN MESSAGE`.
+    fn load_journey(text: &str) -> (Option<Journey>, Vec<String>) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("templates")).unwrap();
+        std::fs::write(
+            dir.path().join("templates/hello.yaml"),
+            "email:\n  subject: Hi\n  text: Hello\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("j.yaml"), text).unwrap();
+        let (journey, diagnostics) = match crate::load(dir.path()) {
+            Ok((w, d)) => (Some((*w.journeys[0]).clone()), d),
+            Err(d) => (None, d),
+        };
+        let lines = diagnostics
+            .iter()
+            .map(|d| format!("{} {}:{} {}", d.code, d.pos.line, d.pos.column, d.message))
+            .collect();
+        (journey, lines)
+    }
+
+    #[test]
+    fn next_on_an_exit_is_accepted_and_never_followed() {
+        let (journey, diagnostics) = load_journey(
+            "id: j\ntrigger: {event: x}\nsteps:\n  a:\n    exit: converted\n    next: b\n  b:\n    send: email\n    template: hello\n    next: a\n",
+        );
+        let journey = journey.expect("a `next` on an exit is no error");
+        assert!(journey.steps[0].next.is_none());
+        assert!(matches!(
+            journey.steps[0].kind,
+            StepKind::Exit {
+                outcome: Outcome::Converted
+            }
+        ));
+        // `b` is reached only through the exit's `next`, which is never followed; and
+        // `a -> b -> a` is no instant cycle, since the exit ends the journey.
+        assert_eq!(
+            diagnostics,
+            [
+                "W0002 6:5 `next` of step `a` is never followed: an `exit` step ends the journey",
+                "W0001 7:3 step `b` is unreachable: no path from the start step `a` leads to it",
+            ]
+        );
+    }
+
+    #[test]
+    fn next_on_an_exit_must_name_a_step() {
+        let (journey, diagnostics) = load_journey(
+            "id: j\ntrigger: {event: x}\nsteps:\n  a:\n    exit:\n    next: nowhere\n",
+        );
+        assert!(journey.is_none());
+        assert_eq!(
+            diagnostics,
+            ["E0010 6:11 unknown step `nowhere` in `next` of step `a`"]
+        );
+    }
+
+    #[test]
+    fn next_stays_refused_where_a_step_picks_its_own_way() {
+        let (_, diagnostics) = load_journey(
+            "id: j\ntrigger: {event: x}\nsteps:\n  a:\n    branch:\n      - if: profile.vip\n        goto: b\n      - else: b\n    next: b\n  b:\n    exit:\n",
+        );
+        assert_eq!(
+            diagnostics,
+            ["E0009 9:5 `next` is not allowed on a `branch` step: each branch has its own `goto`"]
+        );
+    }
+
+    fn wait_until_zone(journey: &Journey) -> Option<chrono_tz::Tz> {
+        match journey.steps[0].kind {
+            StepKind::WaitUntil { timezone, .. } => timezone,
+            ref other => panic!("expected a wait-until, found {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_wait_until_takes_its_timezone_beside_or_inside_wait() {
+        let step = |wait: &str| {
+            format!(
+                "id: j\ntrigger: {{event: x}}\nsteps:\n  a:\n{wait}    next: b\n  b:\n    exit:\n"
+            )
+        };
+        for wait in [
+            "    wait: {until: \"09:30\"}\n    timezone: Asia/Tokyo\n",
+            "    timezone: Asia/Tokyo\n    wait:\n      until: \"09:30\"\n",
+            "    wait: {until: \"09:30\", timezone: Asia/Tokyo}\n",
+            "    wait: {until: \"09:30\", timezone: Asia/Tokyo}\n    timezone: Asia/Tokyo\n",
+        ] {
+            let (journey, diagnostics) = load_journey(&step(wait));
+            assert_eq!(diagnostics, Vec::<String>::new(), "{wait}");
+            assert_eq!(
+                wait_until_zone(&journey.unwrap()),
+                Some(chrono_tz::Asia::Tokyo),
+                "{wait}"
+            );
+        }
+        let (journey, _) = load_journey(&step("    wait: {until: \"09:30\"}\n"));
+        assert_eq!(wait_until_zone(&journey.unwrap()), None);
+    }
+
+    #[test]
+    fn a_timezone_beside_wait_is_checked() {
+        let (journey, diagnostics) = load_journey(
+            "id: j\ntrigger: {event: x}\nsteps:\n  a:\n    wait: {until: \"09:30\"}\n    timezone: Mars/Olympus\n    next: b\n  b:\n    wait: 1h\n    timezone: Europe/Moscow\n    next: c\n  c:\n    wait: {until: \"09:30\", timezone: Asia/Tokyo}\n    timezone: Europe/Moscow\n",
+        );
+        assert!(journey.is_none());
+        assert_eq!(diagnostics.len(), 3, "{diagnostics:#?}");
+        assert!(
+            diagnostics[0].starts_with("E0016 6:15 ") && diagnostics[0].contains("Mars/Olympus"),
+            "{diagnostics:#?}"
+        );
+        assert_eq!(
+            diagnostics[1],
+            "E0018 10:5 `timezone` in step `b` needs a `wait: {until: \"HH:MM\"}`: a plain duration waits the same in every time zone"
+        );
+        assert_eq!(
+            diagnostics[2],
+            "E0018 14:5 step `c` has two time zones, `Asia/Tokyo` inside `wait` and `Europe/Moscow` beside it: keep one"
+        );
     }
 
     #[test]

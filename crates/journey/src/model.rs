@@ -5,10 +5,11 @@
 //! re-parses anything per customer.
 
 use std::collections::BTreeMap;
+use std::iter::Peekable;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use chrono::{NaiveTime, TimeDelta};
+use chrono::{DateTime, NaiveTime, TimeDelta, TimeZone};
 use chrono_tz::Tz;
 
 use crate::expr::Expr;
@@ -113,11 +114,68 @@ pub enum Trigger {
     Schedule {
         /// The 5-field cron expression as written.
         cron: String,
-        schedule: Box<cron::Schedule>,
+        schedule: Box<CronSchedule>,
         timezone: Tz,
         audience: Audience,
     },
     Api,
+}
+
+/// A standard 5-field cron schedule.
+///
+/// Standard (Vixie) cron matches a day when its day of month *or* its weekday matches, if
+/// both fields are restricted (neither starts with `*`); the `cron` crate requires both.
+/// Such a schedule is kept as two, one restricting each day field, and ticks whenever
+/// either does.
+#[derive(Debug, Clone)]
+pub struct CronSchedule {
+    /// Every tick, or, when both day fields are restricted, the ticks on matching days of
+    /// the month.
+    first: cron::Schedule,
+    /// When both day fields are restricted: the ticks on matching weekdays.
+    weekdays: Option<cron::Schedule>,
+}
+
+impl CronSchedule {
+    pub(crate) fn new(first: cron::Schedule, weekdays: Option<cron::Schedule>) -> CronSchedule {
+        CronSchedule { first, weekdays }
+    }
+
+    /// The ticks strictly after `after`, earliest first, each once.
+    pub fn after<Z: TimeZone>(&self, after: &DateTime<Z>) -> CronTicks<'_, Z> {
+        CronTicks {
+            first: self.first.after(after).peekable(),
+            weekdays: self.weekdays.as_ref().map(|s| s.after(after).peekable()),
+        }
+    }
+}
+
+/// The ticks of a [`CronSchedule`]: its schedules' ticks merged in order.
+pub struct CronTicks<'a, Z: TimeZone> {
+    first: Peekable<cron::ScheduleIterator<'a, Z>>,
+    weekdays: Option<Peekable<cron::ScheduleIterator<'a, Z>>>,
+}
+
+impl<Z: TimeZone> Iterator for CronTicks<'_, Z> {
+    type Item = DateTime<Z>;
+
+    fn next(&mut self) -> Option<DateTime<Z>> {
+        let Some(weekdays) = &mut self.weekdays else {
+            return self.first.next();
+        };
+        match (self.first.peek(), weekdays.peek()) {
+            (Some(a), Some(b)) if b < a => weekdays.next(),
+            (Some(a), Some(b)) => {
+                // A day that matches both fields ticks once.
+                if a == b {
+                    weekdays.next();
+                }
+                self.first.next()
+            }
+            (Some(_), None) => self.first.next(),
+            (None, _) => weekdays.next(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -164,7 +222,7 @@ pub struct Step {
     pub stage: Option<String>,
     pub kind: StepKind,
     /// Where to go after this step; `None` ends the journey as `completed`. Always `None`
-    /// for `branch`, `split`, `wait_for` and `exit`.
+    /// for `branch`, `split`, `wait_for` and `exit` (an exit's `next` is never followed).
     pub next: Option<StepIdx>,
 }
 
