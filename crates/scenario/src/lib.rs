@@ -59,7 +59,7 @@ impl Report {
         for file in &self.files {
             let _ = writeln!(out, "{}", file.path.display());
             if let Some(error) = &file.error {
-                let _ = writeln!(out, "  FAILED  {error}");
+                let _ = writeln!(out, "  failed  {error}");
             }
             for case in &file.cases {
                 match &case.verdict {
@@ -67,7 +67,7 @@ impl Report {
                         let _ = writeln!(out, "  ok      {}", case.name);
                     }
                     Err(problems) => {
-                        let _ = writeln!(out, "  FAILED  {}", case.name);
+                        let _ = writeln!(out, "  failed  {}", case.name);
                         for line in problems {
                             let _ = writeln!(out, "          {line}");
                         }

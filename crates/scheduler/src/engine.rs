@@ -26,7 +26,9 @@ use crate::state::{
     Status,
 };
 
-/// More steps than this at one instant, without a wait, fail the enrollment.
+/// More steps than this at one instant, without a wait, fail the enrollment. The step that
+/// waits (`wait`, `wait: {until}`, `wait_for`, or a send deferred by quiet hours or
+/// `at: best_time`) is where the run stops, and is not one of them.
 pub const MAX_INSTANT_STEPS: usize = 100;
 
 /// One loaded version of a journey, with the templates and segments it was loaded with.
@@ -500,7 +502,8 @@ impl Engine {
         }
     }
 
-    /// Runs steps from `step` until one waits or the journey ends.
+    /// Runs steps from `step` until one waits or the journey ends; fails the enrollment,
+    /// before running it, at the first step beyond [`MAX_INSTANT_STEPS`] that would not wait.
     fn run(
         &self,
         state: &mut CustomerState,
@@ -510,7 +513,14 @@ impl Engine {
         cx: &mut Cx,
     ) {
         let journey = &version.journey;
-        for _ in 0..MAX_INSTANT_STEPS {
+        let mut ran = 0;
+        loop {
+            let current = journey.step(step);
+            if ran == MAX_INSTANT_STEPS && !self.waits(state, version, current, cx) {
+                self.end(state, i, Outcome::Failed, cx);
+                return;
+            }
+            ran += 1;
             let enrollment = &mut state.enrollments[i];
             enrollment.step = step;
             enrollment.wake = None;
@@ -518,7 +528,6 @@ impl Engine {
                 enrollment: enrollment.id.clone(),
                 journey: journey.id.clone(),
             });
-            let current = journey.step(step);
             let next = match &current.kind {
                 StepKind::Send(send) => {
                     if !self.send(state, i, version, current, send, false, cx) {
@@ -594,7 +603,24 @@ impl Engine {
                 }
             }
         }
-        self.end(state, i, Outcome::Failed, cx);
+    }
+
+    /// Whether running `step` now would make the enrollment wait rather than go on at
+    /// this instant. Decided without running it, so that the runaway guard can fail the
+    /// enrollment before a step past its limit has any effect.
+    fn waits(&self, state: &CustomerState, version: &Version, step: &Step, cx: &Cx) -> bool {
+        match &step.kind {
+            StepKind::Wait(_) | StepKind::WaitUntil { .. } | StepKind::WaitFor { .. } => true,
+            // As `send` decides: only a send that has a channel and is not expired defers.
+            StepKind::Send(send) => {
+                let policy = &version.policy;
+                let traits = &state.profile.traits;
+                cx.now - cx.due <= policy.max_lateness
+                    && resolve_channel(send, traits, policy, self.directory.as_ref()).is_some()
+                    && deferral(&state.profile, policy, send, cx).is_some()
+            }
+            _ => false,
+        }
     }
 
     /// Executes a send step. Returns `false` when the send was deferred (quiet hours,
@@ -616,19 +642,9 @@ impl Engine {
         let outcome = if cx.now - cx.due > policy.max_lateness {
             Err(SkipReason::Expired)
         } else if let Some((channel, _)) = &channel {
-            if !deferred {
-                let tz = customer_timezone(&profile.traits, policy);
-                let mut at = match send.at {
-                    SendAt::Now => cx.now,
-                    SendAt::BestTime => best_time(cx.now, cx.instant, tz, &profile.history),
-                };
-                if let (false, Some(quiet)) = (send.transactional, policy.quiet_hours) {
-                    at = after_quiet_hours(at, tz, quiet);
-                }
-                if at > cx.now {
-                    state.enrollments[i].wake = Some(at);
-                    return false;
-                }
+            if !deferred && let Some(at) = deferral(profile, policy, send, cx) {
+                state.enrollments[i].wake = Some(at);
+                return false;
             }
             if !send.transactional && over_frequency_cap(profile, policy, channel, cx.now) {
                 Err(SkipReason::FrequencyCap)
@@ -729,6 +745,19 @@ impl Cx {
             effects: Vec::new(),
         }
     }
+}
+
+/// When a send due now goes out instead (quiet hours, `at: best_time`), if later.
+fn deferral(profile: &Profile, policy: &Policy, send: &SendStep, cx: &Cx) -> Option<DateTime<Utc>> {
+    let tz = customer_timezone(&profile.traits, policy);
+    let mut at = match send.at {
+        SendAt::Now => cx.now,
+        SendAt::BestTime => best_time(cx.now, cx.instant, tz, &profile.history),
+    };
+    if let (false, Some(quiet)) = (send.transactional, policy.quiet_hours) {
+        at = after_quiet_hours(at, tz, quiet);
+    }
+    (at > cx.now).then_some(at)
 }
 
 fn scope<'a>(
