@@ -1,14 +1,24 @@
 //! CEL expressions: compiled once at load, evaluated per customer.
 //!
-//! Evaluation never fails: a missing trait or property, a type mismatch or any other
-//! runtime error makes a condition false and a computed value absent, as the language
-//! promises marketers ("a missing trait is null and any comparison with it is false").
+//! A missing trait or property reads as `null`, and comparing `null` with anything but
+//! `null` is `false`, as the language promises marketers ("a missing trait is null and any
+//! comparison with it is false"). CEL itself raises an error for both, and an error would
+//! spread through `!`, `&&`, `||` and `?:` and make `!(profile.age > 3)` false. So each
+//! expression is rewritten once, at compile time, onto CEL's own building blocks (see
+//! `null_safe`). Any other runtime error (a type mismatch, arithmetic on `null`) still
+//! makes a condition false and a computed value absent.
 
+use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 
+use cel::common::ast::{
+    CallExpr, EntryExpr, Expr as Node, IdedExpr, LiteralValue, SelectExpr, operators,
+};
+use cel::common::types::{self, CelBool, CelNull, CelString};
+use cel::common::value::CowVal;
 use cel::objects::{Key, Map as CelMap};
-use cel::{Context, Env, ExecutionError, Program, Value as CelValue};
+use cel::{Context, Env, ExecutionError, Value as CelValue};
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use chrono_tz::Tz;
 use serde_json::{Map, Value};
@@ -19,22 +29,91 @@ use crate::model::{Pos, Segments};
 /// The variables an expression may name.
 pub const VARIABLES: [&str; 4] = ["profile", "event", "trigger", "now"];
 
-/// The functions over the customer's history that expressions may call, with their arity.
-pub const HISTORY_FUNCTIONS: [(&str, std::ops::RangeInclusive<usize>); 5] = [
-    ("did", 1..=2),
-    ("count", 1..=2),
-    ("sum", 2..=3),
-    ("in_segment", 1..=1),
-    ("anniversary", 1..=1),
+/// A function over the customer's history that expressions may call.
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryFunction {
+    pub name: &'static str,
+    /// The parameters, as a signature shows them: those after `required` are optional.
+    pub params: &'static [&'static str],
+    pub required: usize,
+    /// Which parameter, if any, is a time window such as `"30d"`.
+    pub window: Option<usize>,
+}
+
+/// The functions over the customer's history that expressions may call.
+pub const HISTORY_FUNCTIONS: [HistoryFunction; 5] = [
+    HistoryFunction {
+        name: "did",
+        params: &["event", "window"],
+        required: 1,
+        window: Some(1),
+    },
+    HistoryFunction {
+        name: "count",
+        params: &["event", "window"],
+        required: 1,
+        window: Some(1),
+    },
+    HistoryFunction {
+        name: "sum",
+        params: &["event", "property", "window"],
+        required: 2,
+        window: Some(2),
+    },
+    HistoryFunction {
+        name: "in_segment",
+        params: &["segment"],
+        required: 1,
+        window: None,
+    },
+    HistoryFunction {
+        name: "anniversary",
+        params: &["date"],
+        required: 1,
+        window: None,
+    },
 ];
 
-static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| Arc::new(Env::stdlib()));
+/// Comparisons that are `false`, not an error, when an operand is `null`, each standing
+/// in for CEL's operator of the same meaning. CEL's interpreter evaluates its operators
+/// itself, before any overload; these are ordinary overloads under names no expression
+/// can spell (`@` starts no identifier), so only [`null_safe`] can call them.
+const NULL_SAFE_OPERATORS: [(&str, &str, cel::common::functions::Function); 6] = [
+    (operators::LESS, "@null_safe_less", null_safe_less),
+    (
+        operators::LESS_EQUALS,
+        "@null_safe_less_equals",
+        null_safe_less_equals,
+    ),
+    (operators::GREATER, "@null_safe_greater", null_safe_greater),
+    (
+        operators::GREATER_EQUALS,
+        "@null_safe_greater_equals",
+        null_safe_greater_equals,
+    ),
+    (
+        operators::NOT_EQUALS,
+        "@null_safe_not_equals",
+        null_safe_not_equals,
+    ),
+    (operators::IN, "@null_safe_in", null_safe_in),
+];
+
+static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| {
+    let mut env = Env::stdlib();
+    for (_, name, function) in NULL_SAFE_OPERATORS {
+        env.add_overload(name, name, vec![types::DYN_TYPE, types::DYN_TYPE], function)
+            .expect("the null-safe operators are declared once, under names of their own");
+    }
+    Arc::new(env)
+});
 
 /// A compiled CEL expression and where it was written.
 #[derive(Clone)]
 pub struct Expr {
     source: Arc<str>,
-    program: Arc<Program>,
+    /// The expression as parsed, then rewritten by [`null_safe`].
+    expression: Arc<IdedExpr>,
     uses: Uses,
     pub pos: Pos,
 }
@@ -65,11 +144,12 @@ pub struct ExprError {
 }
 
 impl Expr {
-    /// Parses `source` and checks that every function it calls exists.
+    /// Parses `source` and checks that every function it calls exists, and that the
+    /// history functions get as many arguments as they take and windows that parse.
     ///
     /// # Errors
-    /// A syntax error, or a call to a function that is neither CEL's nor one of
-    /// [`HISTORY_FUNCTIONS`].
+    /// A syntax error, a call to a function that is neither CEL's nor one of
+    /// [`HISTORY_FUNCTIONS`], or a bad call to one of those.
     pub fn compile(source: &str, pos: Pos) -> Result<Expr, ExprError> {
         let program = ENV.compile(source).map_err(|errors| {
             let first = errors.errors.first();
@@ -83,15 +163,19 @@ impl Expr {
         })?;
         for name in program.references().functions() {
             let known = is_cel_function(name)
-                || HISTORY_FUNCTIONS.iter().any(|(f, _)| *f == name)
+                || HISTORY_FUNCTIONS.iter().any(|f| f.name == name)
                 || is_builtin_macro_or_operator(name);
             if !known {
                 return Err(ExprError {
                     message: format!("unknown function `{name}` in `{source}`"),
-                    offset: source.find(name),
+                    offset: source.find(name).and_then(|at| char_offset(source, at)),
                 });
             }
         }
+        check_history_calls(program.expression(), source, &|id| {
+            let (start, _) = program.source_info().offset_for(id)?;
+            usize::try_from(start).ok()
+        })?;
         let references = program.references();
         let uses = Uses {
             profile: references.has_variable("profile"),
@@ -99,11 +183,11 @@ impl Expr {
             trigger: references.has_variable("trigger"),
             history: HISTORY_FUNCTIONS
                 .iter()
-                .any(|(f, _)| references.has_function(f)),
+                .any(|f| references.has_function(f.name)),
         };
         Ok(Expr {
             source: source.into(),
-            program: Arc::new(program),
+            expression: Arc::new(null_safe(program.expression().clone())),
             uses,
             pos,
         })
@@ -147,7 +231,11 @@ impl Expr {
         if uses.trigger {
             ctx.add_variable_from_value("trigger", json_map_to_cel(scope.trigger));
         }
-        self.program.execute(&ctx)
+        self.run(&ctx)
+    }
+
+    fn run(&self, ctx: &Context<'_, '_>) -> Result<CelValue, ExecutionError> {
+        CelValue::resolve(&self.expression, ctx)
     }
 }
 
@@ -325,7 +413,7 @@ fn context(scope: &Scope<'_>, profile: CelValue, depth: usize) -> Context<'stati
                     CelValue::Map(CelMap::from(HashMap::<Key, CelValue>::new())),
                 );
                 Ok(CelValue::Bool(matches!(
-                    segment.condition.program.execute(&ctx),
+                    segment.condition.run(&ctx),
                     Ok(CelValue::Bool(true))
                 )))
             }),
@@ -365,6 +453,408 @@ fn is_anniversary(value: &CelValue, now: DateTime<Utc>, tz: Tz) -> bool {
         return today.month() == 2 && today.day() == 28;
     }
     date.month() == today.month() && date.day() == today.day()
+}
+
+/// Reports the first call (in source order) to a history function with a wrong number
+/// of arguments or a literal window that is not a duration: at run time either would
+/// only make the condition false, for every customer. `byte_offset_of` gives where the
+/// parser saw a node of `root` in `source`: the `(` of a call, the start of a literal.
+fn check_history_calls(
+    root: &IdedExpr,
+    source: &str,
+    byte_offset_of: &dyn Fn(u64) -> Option<usize>,
+) -> Result<(), ExprError> {
+    let mut problems = Vec::new();
+    visit(root, &mut |node| {
+        let Node::Call(call) = &node.expr else {
+            return;
+        };
+        let Some(function) = HISTORY_FUNCTIONS.iter().find(|f| f.name == call.func_name) else {
+            return;
+        };
+        if call.target.is_some() {
+            return;
+        }
+        let (min, max) = (function.required, function.params.len());
+        if !(min..=max).contains(&call.args.len()) {
+            let takes = match (min, max) {
+                (1, 1) => "1 argument".to_owned(),
+                (min, max) if min == max => format!("{min} arguments"),
+                (min, max) => format!("{min} or {max} arguments"),
+            };
+            let signature = function
+                .params
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    if i < min {
+                        (*p).to_owned()
+                    } else {
+                        format!("[{p}]")
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            problems.push(ExprError {
+                message: format!(
+                    "`{name}` takes {takes}, `{name}({signature})`, not {given}, in `{source}`",
+                    name = function.name,
+                    given = call.args.len(),
+                ),
+                offset: byte_offset_of(node.id)
+                    .map(|paren| call_name_start(source, paren, function.name).unwrap_or(paren))
+                    .and_then(|at| char_offset(source, at)),
+            });
+            return;
+        }
+        let Some(window) = function.window.and_then(|i| call.args.get(i)) else {
+            return;
+        };
+        let Node::Literal(literal) = &window.expr else {
+            return;
+        };
+        let why = match literal {
+            LiteralValue::String(text) => parse_duration(text.inner()).err(),
+            other => Some(format!(
+                "expected a duration in quotes, such as \"30d\", found {}",
+                other.to_val().get_type().name()
+            )),
+        };
+        if let Some(why) = why {
+            problems.push(ExprError {
+                message: format!("bad window for `{}` in `{source}`: {why}", function.name),
+                offset: byte_offset_of(window.id).and_then(|at| char_offset(source, at)),
+            });
+        }
+    });
+    match problems
+        .into_iter()
+        .min_by_key(|p| p.offset.unwrap_or(usize::MAX))
+    {
+        Some(problem) => Err(problem),
+        None => Ok(()),
+    }
+}
+
+/// Where the name of the function called with the `(` at byte `paren` starts.
+fn call_name_start(source: &str, paren: usize, name: &str) -> Option<usize> {
+    let before = source.get(..paren)?.trim_end();
+    before.ends_with(name).then(|| before.len() - name.len())
+}
+
+/// The character offset of byte `at` in `source`, as [`ExprError::offset`] counts.
+fn char_offset(source: &str, at: usize) -> Option<usize> {
+    source.get(..at).map(|before| before.chars().count())
+}
+
+/// Calls `f` on `node` and every node under it.
+fn visit<'e>(node: &'e IdedExpr, f: &mut dyn FnMut(&'e IdedExpr)) {
+    f(node);
+    match &node.expr {
+        Node::Call(call) => {
+            if let Some(target) = &call.target {
+                visit(target, f);
+            }
+            for arg in &call.args {
+                visit(arg, f);
+            }
+        }
+        Node::Select(select) => visit(&select.operand, f),
+        Node::Comprehension(c) => {
+            for part in [
+                &c.iter_range,
+                &c.accu_init,
+                &c.loop_cond,
+                &c.loop_step,
+                &c.result,
+            ] {
+                visit(part, f);
+            }
+        }
+        Node::List(list) => {
+            for element in &list.elements {
+                visit(element, f);
+            }
+        }
+        Node::Map(map) => {
+            for entry in &map.entries {
+                visit_entry(&entry.expr, f);
+            }
+        }
+        Node::Struct(structure) => {
+            for entry in &structure.entries {
+                visit_entry(&entry.expr, f);
+            }
+        }
+        Node::Ident(_) | Node::Literal(_) | Node::Unspecified => {}
+    }
+}
+
+fn visit_entry<'e>(entry: &'e EntryExpr, f: &mut dyn FnMut(&'e IdedExpr)) {
+    match entry {
+        EntryExpr::MapEntry(e) => {
+            visit(&e.key, f);
+            visit(&e.value, f);
+        }
+        EntryExpr::StructField(e) => visit(&e.value, f),
+    }
+}
+
+/// How a rewritten node hands over its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Yields {
+    Value,
+    /// An optional, empty where a member or key is missing: a rewritten `a.b` or `a[k]`.
+    /// Whatever reads it takes it with `.orValue(null)`, see [`settle`].
+    MaybeMissing,
+    /// An optional the expression asked for itself (`a.?b`, `a[?k]`): left as CEL has it.
+    Optional,
+}
+
+/// Rewrites a parsed expression so that a missing member or key reads as `null` and
+/// comparing `null` with anything but `null` is `false`, using CEL's own operations:
+///
+/// - `a.b` becomes `a.?b` and `a[k]` becomes `a[?k]`, CEL's optional selections, which
+///   carry a missing member down a chain (`profile.address.city`) instead of failing;
+///   whatever reads the chain takes its value with `.orValue(null)`;
+/// - `<`, `<=`, `>`, `>=`, `!=` and `in` become the overloads of
+///   [`NULL_SAFE_OPERATORS`]. `==` needs nothing: CEL's `null` equals only `null`.
+///
+/// Presence tests (`has(a.b)`) keep their meaning, and optionals written by hand are
+/// left alone. Rewriting the tree rather than the values keeps evaluation in CEL's
+/// interpreter, and costs nothing per customer.
+fn null_safe(node: IdedExpr) -> IdedExpr {
+    let (node, yields) = rewrite(node);
+    settle(node, yields)
+}
+
+fn settle(node: IdedExpr, yields: Yields) -> IdedExpr {
+    if yields != Yields::MaybeMissing {
+        return node;
+    }
+    let id = node.id;
+    call(
+        id,
+        "orValue",
+        Some(node),
+        vec![IdedExpr {
+            id,
+            expr: Node::Literal(LiteralValue::Null),
+        }],
+    )
+}
+
+fn call(id: u64, func_name: &str, target: Option<IdedExpr>, args: Vec<IdedExpr>) -> IdedExpr {
+    IdedExpr {
+        id,
+        expr: Node::Call(CallExpr {
+            func_name: func_name.to_owned(),
+            target: target.map(Box::new),
+            args,
+        }),
+    }
+}
+
+fn rewrite(node: IdedExpr) -> (IdedExpr, Yields) {
+    let id = node.id;
+    let value = |expr| (IdedExpr { id, expr }, Yields::Value);
+    match node.expr {
+        Node::Select(SelectExpr {
+            operand,
+            field,
+            test,
+        }) => {
+            let (operand, yields) = rewrite(*operand);
+            if test || yields == Yields::Optional {
+                let select = Node::Select(SelectExpr {
+                    operand: Box::new(operand),
+                    field,
+                    test,
+                });
+                let yields = if test {
+                    Yields::Value
+                } else {
+                    Yields::Optional
+                };
+                return (IdedExpr { id, expr: select }, yields);
+            }
+            let field = IdedExpr {
+                id,
+                expr: Node::Literal(LiteralValue::String(CelString::from(field))),
+            };
+            (
+                call(id, operators::OPT_SELECT, None, vec![operand, field]),
+                Yields::MaybeMissing,
+            )
+        }
+        Node::Call(CallExpr {
+            func_name,
+            target,
+            args,
+        }) => rewrite_call(id, &func_name, target.map(|t| *t), args),
+        Node::Comprehension(mut c) => {
+            c.iter_range = null_safe(c.iter_range);
+            c.accu_init = null_safe(c.accu_init);
+            c.loop_cond = null_safe(c.loop_cond);
+            c.loop_step = null_safe(c.loop_step);
+            c.result = null_safe(c.result);
+            value(Node::Comprehension(c))
+        }
+        Node::List(mut list) => {
+            list.elements = list.elements.into_iter().map(null_safe).collect();
+            value(Node::List(list))
+        }
+        Node::Map(mut map) => {
+            for entry in &mut map.entries {
+                null_safe_entry(&mut entry.expr);
+            }
+            value(Node::Map(map))
+        }
+        Node::Struct(mut structure) => {
+            for entry in &mut structure.entries {
+                null_safe_entry(&mut entry.expr);
+            }
+            value(Node::Struct(structure))
+        }
+        expr @ (Node::Ident(_) | Node::Literal(_) | Node::Unspecified) => value(expr),
+    }
+}
+
+fn rewrite_call(
+    id: u64,
+    func_name: &str,
+    target: Option<IdedExpr>,
+    args: Vec<IdedExpr>,
+) -> (IdedExpr, Yields) {
+    let optional_access = [
+        operators::INDEX,
+        operators::OPT_INDEX,
+        operators::OPT_SELECT,
+    ];
+    let args = match <[IdedExpr; 2]>::try_from(args) {
+        Ok([operand, key]) if target.is_none() && optional_access.contains(&func_name) => {
+            // CEL's optional accesses take an optional operand as its value, so a chain
+            // stays optional until read.
+            let (operand, yields) = rewrite(operand);
+            let key = null_safe(key);
+            let (func_name, yields) = match (func_name, yields) {
+                (operators::INDEX, Yields::Optional) => (operators::INDEX, Yields::Optional),
+                (operators::INDEX, _) => (operators::OPT_INDEX, Yields::MaybeMissing),
+                (written, _) => (written, Yields::Optional),
+            };
+            return (call(id, func_name, None, vec![operand, key]), yields);
+        }
+        Ok(args) => Vec::from(args),
+        Err(args) => args,
+    };
+    let args = args.into_iter().map(null_safe).collect();
+    let null_safe_operator = NULL_SAFE_OPERATORS
+        .iter()
+        .find(|(operator, _, _)| *operator == func_name)
+        .filter(|_| target.is_none())
+        .map(|(_, name, _)| *name);
+    let node = match null_safe_operator {
+        Some(name) => call(id, name, None, args),
+        None => call(id, func_name, target.map(null_safe), args),
+    };
+    (node, Yields::Value)
+}
+
+fn null_safe_entry(entry: &mut EntryExpr) {
+    let take = |e: &mut IdedExpr| null_safe(std::mem::take(e));
+    match entry {
+        EntryExpr::MapEntry(e) => {
+            e.key = take(&mut e.key);
+            e.value = take(&mut e.value);
+        }
+        EntryExpr::StructField(e) => e.value = take(&mut e.value),
+    }
+}
+
+fn null_safe_less<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    null_safe_order(operators::LESS, &args, Ordering::is_lt)
+}
+
+fn null_safe_less_equals<'b, 'v>(
+    args: Vec<CowVal<'b, 'v>>,
+) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    null_safe_order(operators::LESS_EQUALS, &args, Ordering::is_le)
+}
+
+fn null_safe_greater<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    null_safe_order(operators::GREATER, &args, Ordering::is_gt)
+}
+
+fn null_safe_greater_equals<'b, 'v>(
+    args: Vec<CowVal<'b, 'v>>,
+) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    null_safe_order(operators::GREATER_EQUALS, &args, Ordering::is_ge)
+}
+
+/// `a != b`, but `false` when either is `null`: `x != null` is false for a missing
+/// `x`, and so is `x != "gold"`, as the language promises.
+fn null_safe_not_equals<'b, 'v>(
+    args: Vec<CowVal<'b, 'v>>,
+) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    let [lhs, rhs] = two(&args)?;
+    Ok(boolean(!is_null(lhs) && !is_null(rhs) && lhs != rhs))
+}
+
+/// `a in b`, but `false` when the container `b` is `null`: a missing list or map
+/// contains nothing.
+fn null_safe_in<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    let [item, container] = two(&args)?;
+    if is_null(container) {
+        return Ok(boolean(false));
+    }
+    container
+        .as_container()
+        .ok_or_else(|| mismatch(operators::IN, item, container))?
+        .contains(item.as_ref())
+        .map(boolean)
+}
+
+/// Orders two values as CEL's own operator does, or `false` if either is `null`.
+fn null_safe_order<'b, 'v>(
+    operator: &str,
+    args: &[CowVal<'b, 'v>],
+    holds: fn(Ordering) -> bool,
+) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    let [lhs, rhs] = two(args)?;
+    if is_null(lhs) || is_null(rhs) {
+        return Ok(boolean(false));
+    }
+    let order = lhs
+        .as_comparer()
+        .ok_or_else(|| mismatch(operator, lhs, rhs))?
+        .compare(rhs.as_ref())
+        .map_err(|_| mismatch(operator, lhs, rhs))?;
+    Ok(boolean(holds(order)))
+}
+
+fn two<'a, 'b, 'v>(args: &'a [CowVal<'b, 'v>]) -> Result<[&'a CowVal<'b, 'v>; 2], ExecutionError> {
+    match args {
+        [lhs, rhs] => Ok([lhs, rhs]),
+        _ => Err(ExecutionError::invalid_argument_count(2, args.len())),
+    }
+}
+
+fn is_null(value: &CowVal<'_, '_>) -> bool {
+    value.downcast_ref::<CelNull>().is_some()
+}
+
+fn boolean<'b, 'v>(b: bool) -> CowVal<'b, 'v> {
+    CowVal::Borrowed(if b { &CelBool::TRUE } else { &CelBool::FALSE })
+}
+
+fn mismatch(operator: &str, lhs: &CowVal<'_, '_>, rhs: &CowVal<'_, '_>) -> ExecutionError {
+    ExecutionError::no_such_overload(
+        operator,
+        vec![
+            lhs.get_type().name().to_owned(),
+            rhs.get_type().name().to_owned(),
+        ],
+    )
 }
 
 /// Whether CEL's standard environment defines `name` (declaring it again is refused).
@@ -515,7 +1005,10 @@ mod tests {
 
     #[test]
     fn missing_values_make_conditions_false_not_errors() {
-        assert_eq!(eval("profile.age > 3", json!({}), json!({})), None);
+        assert_eq!(
+            eval("profile.age > 3", json!({}), json!({})),
+            Some(json!(false))
+        );
         assert_eq!(
             eval("event.total / 10", json!({}), json!({"total": 5000})),
             Some(json!(500))
@@ -527,6 +1020,183 @@ mod tests {
                 json!({})
             ),
             Some(json!(true))
+        );
+    }
+
+    fn holds(source: &str, profile: Value, event: Value) -> bool {
+        eval(source, profile, event) == Some(json!(true))
+    }
+
+    #[test]
+    fn a_missing_trait_is_null_and_comparing_it_is_false() {
+        let none = || json!({});
+        assert_eq!(eval("profile.age", none(), none()), Some(Value::Null));
+        assert!(!holds("profile.age > 3", none(), none()));
+        assert!(holds("!(profile.age > 3)", none(), none()));
+        assert!(holds("!(profile.age <= 3)", none(), none()));
+        assert!(holds("!(3 < profile.age)", none(), none()));
+        assert!(holds("profile.coupon == null", none(), none()));
+        assert!(!holds("profile.coupon != null", none(), none()));
+        assert!(!holds("event.coupon == \"SPRING\"", none(), none()));
+        assert!(!holds("event.coupon != \"SPRING\"", none(), none()));
+        assert!(holds("!(event.coupon == \"SPRING\")", none(), none()));
+        assert!(holds(
+            "profile.age > 3 || profile.vip == null",
+            none(),
+            none()
+        ));
+        assert!(!holds(
+            "profile.vip == null && profile.age > 3",
+            none(),
+            none()
+        ));
+        assert!(holds("profile.age > 3 ? false : true", none(), none()));
+        assert!(!holds("\"vip\" in profile.tags", none(), none()));
+        assert!(holds("!(\"vip\" in profile.tags)", none(), none()));
+        assert!(!holds("profile.tier in [\"gold\"]", none(), none()));
+    }
+
+    #[test]
+    fn a_missing_member_of_a_missing_member_is_null() {
+        let none = || json!({});
+        assert_eq!(
+            eval("profile.address.city", none(), none()),
+            Some(Value::Null)
+        );
+        assert!(holds("profile.address.city == null", none(), none()));
+        assert!(holds("!(profile.address.city == \"Oslo\")", none(), none()));
+        assert!(holds(
+            "profile[\"address\"][\"city\"] == null",
+            none(),
+            none()
+        ));
+        assert!(holds(
+            "profile.tags[3] == null",
+            json!({"tags": []}),
+            none()
+        ));
+        let null_address = json!({"address": null});
+        assert!(holds("profile.address.city == null", null_address, none()));
+        assert!(!holds("has(profile.address.city)", none(), none()));
+        assert!(holds(
+            "has(profile.address.city)",
+            json!({"address": {"city": "Oslo"}}),
+            none()
+        ));
+        assert!(holds(
+            "profile.orders.exists(o, o.total > 10) && !profile.orders.all(o, o.total > 10)",
+            json!({"orders": [{"total": 20}, {}]}),
+            none()
+        ));
+    }
+
+    #[test]
+    fn present_values_compare_as_cel_does() {
+        let profile = || json!({"age": 30, "plan": "pro", "address": {"city": "Oslo"}});
+        let none = || json!({});
+        assert!(holds(
+            "profile.age > 3 && profile.age >= 30.0",
+            profile(),
+            none()
+        ));
+        assert!(holds(
+            "profile.age < 31 && profile.age <= 30u",
+            profile(),
+            none()
+        ));
+        assert!(holds("profile.plan != \"basic\"", profile(), none()));
+        assert!(holds("profile.address.city == \"Oslo\"", profile(), none()));
+        assert!(holds("\"city\" in profile.address", profile(), none()));
+        // A type mismatch is still an error, so the condition is false either way.
+        assert_eq!(eval("profile.plan > 3", profile(), none()), None);
+        assert_eq!(eval("!(profile.plan > 3)", profile(), none()), None);
+        // Optionals written by hand keep their meaning.
+        assert_eq!(
+            eval("profile.?nickname.orValue(\"friend\")", profile(), none()),
+            Some(json!("friend"))
+        );
+        assert_eq!(
+            eval("profile.?address.city.orValue(\"?\")", profile(), none()),
+            Some(json!("Oslo"))
+        );
+    }
+
+    #[test]
+    fn arithmetic_with_a_missing_value_is_absent_not_a_panic() {
+        let none = || json!({});
+        assert_eq!(eval("profile.points + 10", none(), none()), None);
+        assert_eq!(eval("-profile.points", none(), none()), None);
+        assert_eq!(
+            eval("profile.points / 0", json!({"points": 1}), none()),
+            None
+        );
+        assert_eq!(
+            eval("profile.points + 10", json!({"points": 5}), none()),
+            Some(json!(15))
+        );
+    }
+
+    #[test]
+    fn refuses_history_calls_with_a_wrong_number_of_arguments() {
+        for (source, function, at) in [
+            ("count()", "count", 0),
+            ("sum(\"order\") > 1", "sum", 0),
+            ("did(\"x\") && did(\"x\", \"1d\", \"2d\")", "did", 12),
+            ("\"é\" == \"\" || count (\"a\", \"1d\", 3) > 1", "count", 13),
+            ("in_segment()", "in_segment", 0),
+            ("anniversary(profile.a, profile.b)", "anniversary", 0),
+        ] {
+            let err = Expr::compile(source, Pos::default()).unwrap_err();
+            assert!(
+                err.message.contains(&format!("`{function}` takes")),
+                "{}",
+                err.message
+            );
+            assert_eq!(err.offset, Some(at), "{source}: {}", err.message);
+        }
+        let err = Expr::compile("sum(\"order\") > 1 && count()", Pos::default()).unwrap_err();
+        assert_eq!(
+            err.message,
+            "`sum` takes 2 or 3 arguments, `sum(event, property, [window])`, not 1, in `sum(\"order\") > 1 && count()`"
+        );
+    }
+
+    #[test]
+    fn refuses_literal_windows_that_are_not_durations() {
+        for (source, at) in [
+            ("did(\"x\", \"30 days\")", 9),
+            ("count(\"x\", '1y') > 2", 11),
+            ("sum(\"order\", \"total\", \"d\") > 1", 22),
+            ("did(\"x\", 30)", 9),
+            ("\"é\" == \"\" || did(\"x\", \"30 days\")", 22),
+        ] {
+            let err = Expr::compile(source, Pos::default()).unwrap_err();
+            assert!(err.message.contains("bad window"), "{}", err.message);
+            assert_eq!(err.offset, Some(at), "{source}: {}", err.message);
+        }
+        for good in [
+            "did(\"x\", \"30d\")",
+            "count(\"x\", \"1d12h\") > 1",
+            "sum(\"order\", \"total\") > 1",
+            "did(\"x\", profile.window)",
+        ] {
+            assert!(Expr::compile(good, Pos::default()).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn check_points_at_bad_history_calls() {
+        let dir = tempfile::tempdir().unwrap();
+        let journey = "id: bad_history\ntrigger:\n  event: signed_up\n  where: 'sum(\"order\") > 1 && did(\"x\", \"30 days\") && count()'\nsteps:\n  first:\n    wait: 1h\n";
+        std::fs::write(dir.path().join("bad_history.yaml"), journey).unwrap();
+        let errors = crate::load(dir.path()).unwrap_err();
+        let first = errors[0].render();
+        let first = first.lines().next().unwrap();
+        assert!(
+            first.ends_with(
+                "bad_history.yaml:4:11: error: `sum` takes 2 or 3 arguments, `sum(event, property, [window])`, not 1, in `sum(\"order\") > 1 && did(\"x\", \"30 days\") && count()`"
+            ),
+            "{first}"
         );
     }
 
