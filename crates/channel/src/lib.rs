@@ -410,13 +410,37 @@ impl<'a> ConfigCheck<'a> {
 
     /// The `base_url` key: the provider's API host `default` when it is not set, without
     /// the trailing `/`, so that adapters append their paths with `format!("{base}/...")`.
+    /// Every HTTP adapter takes its `base_url` through here, so that each refuses the same
+    /// mistakes with the same words.
     ///
     /// # Errors
-    /// A URL that does not start with `http://` or `https://`.
+    /// Anything but an absolute `http://` or `https://` URL with a host: a bare host
+    /// (`api.twilio.com`), another scheme, spaces, or a query or fragment (which the
+    /// adapter's paths would land after).
     pub fn base_url(&self, value: Option<&str>, default: &str) -> Result<String, ConfigError> {
         let base_url = value.unwrap_or(default);
-        if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
-            return Err(self.error("base_url", "expected an http:// or https:// URL"));
+        let scheme_end = base_url.find("://").unwrap_or(0);
+        let scheme = base_url[..scheme_end].to_ascii_lowercase();
+        if !matches!(scheme.as_str(), "http" | "https") {
+            return Err(self.error(
+                "base_url",
+                format!("expected an absolute http:// or https:// URL, such as `{default}`"),
+            ));
+        }
+        let rest = &base_url[scheme_end + 3..];
+        let host = rest.split('/').next().unwrap_or_default();
+        let host = host.rsplit('@').next().unwrap_or_default();
+        if host.is_empty() || host.starts_with(':') {
+            return Err(self.error("base_url", "the URL names no host"));
+        }
+        if base_url.chars().any(char::is_whitespace) {
+            return Err(self.error("base_url", "a URL has no spaces"));
+        }
+        if base_url.contains(['?', '#']) {
+            return Err(self.error(
+                "base_url",
+                "a base URL takes no query or fragment: the adapter appends its paths to it",
+            ));
         }
         Ok(base_url.trim_end_matches('/').to_owned())
     }
@@ -515,14 +539,35 @@ mod tests {
                 .as_deref(),
             Ok("https://proxy.example/vk")
         );
+        assert_eq!(
+            check
+                .base_url(Some("HTTP://user@proxy.example:8443"), default)
+                .as_deref(),
+            Ok("HTTP://user@proxy.example:8443")
+        );
         for refused in ["api.vk.com", "ftp://api.vk.com", "", "HTTPS//api.vk.com"] {
             assert_eq!(
                 check.base_url(Some(refused), default),
                 Err(ConfigError {
                     channel: "vk".to_owned(),
-                    message: "`base_url`: expected an http:// or https:// URL".to_owned(),
+                    message: "`base_url`: expected an absolute http:// or https:// URL, such as `https://api.vk.com`".to_owned(),
                 }),
                 "{refused:?}"
+            );
+        }
+        for (refused, why) in [
+            ("http://", "names no host"),
+            ("https:///method", "names no host"),
+            ("http://:8080", "names no host"),
+            ("https://user@/x", "names no host"),
+            ("https://api.vk.com/?v=5", "no query or fragment"),
+            ("https://api.vk.com#top", "no query or fragment"),
+            ("https://api vk.com", "no spaces"),
+        ] {
+            let error = check.base_url(Some(refused), default).unwrap_err();
+            assert!(
+                error.message.starts_with("`base_url`: ") && error.message.contains(why),
+                "{refused:?}: {error}"
             );
         }
         // The default is held to the same rule: a typo in an adapter's constant shows.

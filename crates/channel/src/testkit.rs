@@ -289,6 +289,32 @@ pub fn assert_rejects_unknown_fields(kind: &dyn ChannelKind, valid_config: serde
     );
 }
 
+/// Compliance for HTTP adapters: `base_url` is taken, and anything but an absolute
+/// http(s) URL in it (a bare host, another scheme, no host) is refused with an error that
+/// names the key. `valid_config` builds; the check sets `base_url` on copies of it.
+pub fn assert_checks_base_url(kind: &dyn ChannelKind, valid_config: serde_json::Value) {
+    let with = |base_url: &str| {
+        let mut config = valid_config.clone();
+        config
+            .as_object_mut()
+            .expect("a config section is an object")
+            .insert("base_url".to_owned(), base_url.into());
+        kind.build("under_test", &config)
+    };
+    if let Err(error) = with("http://127.0.0.1:8080/sandbox/") {
+        panic!("kind `{}` refused a local base_url: {error}", kind.kind());
+    }
+    for refused in ["api.example.com", "ftp://api.example.com", "http://", ""] {
+        let Err(error) = with(refused) else {
+            panic!("kind `{}` accepted base_url {refused:?}", kind.kind());
+        };
+        assert!(
+            error.message.contains("`base_url`"),
+            "the error must name `base_url`: {error}"
+        );
+    }
+}
+
 /// Compliance for HTTP adapters: with the server answering 500, 429 with `Retry-After`
 /// and 400 in turn, `deliver` classifies each as the contract says.
 pub async fn assert_classifies_http_errors(

@@ -174,6 +174,11 @@ impl Channels {
 }
 
 impl ChannelDirectory for Channels {
+    /// A configured channel; without a config file, any name (each is a `log` channel).
+    fn exists(&self, channel: &str) -> bool {
+        self.is_known(channel)
+    }
+
     fn address_trait(&self, channel: &str) -> Option<&str> {
         match self.built.get(channel) {
             Some(built) => built.address.as_deref(),

@@ -22,7 +22,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
-use waymark_journey::{Diagnostic, Trigger, Workspace};
+use waymark_journey::diagnostics::codes;
+use waymark_journey::{ChannelChoice, Diagnostic, Policy, StepKind, Trigger, Workspace};
 use waymark_scheduler::{Clock, CustomerState, Effect, Engine, EnrollError, Event};
 use waymark_store::{Commit, Customer, DueTimer, Error as StoreError, Ingested, NewEvent, Store};
 
@@ -866,7 +867,7 @@ impl Daemon {
     /// Every diagnostic, when the workspace has errors.
     pub async fn reload(&self) -> Result<usize, Vec<Diagnostic>> {
         let (workspace, _warnings) = waymark_journey::load(&self.config.journeys)?;
-        check_channels(&workspace, &self.channels)?;
+        check_channels(&workspace, &self.channels, &self.config.policy)?;
         record_versions(self.store.as_ref(), &workspace, self.clock.now()).await;
         let n = workspace.journeys.len();
         self.engine
@@ -922,32 +923,95 @@ pub(crate) fn unreachable_traits(traits: &Map<String, Value>, channel: &str) -> 
 /// daemon: the journey language's own codes are `E`/`W`).
 pub const UNKNOWN_CHANNEL: &str = "D0001";
 
-/// Refuses a workspace that sends on a channel the config does not define.
+/// Refuses a workspace that does not fit the daemon's channels, with every problem:
+///
+/// - a send, or its `fallback`, on a channel the config does not define;
+/// - a `send: preferred` whose policy `channels` (the journey's own, else `policy` of the
+///   daemon config) lists a channel the config does not define;
+/// - a `send: preferred` whose template has no part for one of those channels.
+///
+/// The loader (`waymark check`) checks the last against the journey's own `channels`, or
+/// the language's default when it sets none; only the daemon knows its own policy.
 ///
 /// # Errors
-/// One diagnostic per unknown channel.
-pub fn check_channels(workspace: &Workspace, channels: &Channels) -> Result<(), Vec<Diagnostic>> {
+/// One diagnostic per problem, placed at the send step with its source line.
+pub fn check_channels(
+    workspace: &Workspace,
+    channels: &Channels,
+    policy: &Policy,
+) -> Result<(), Vec<Diagnostic>> {
     let mut problems = Vec::new();
     for journey in &workspace.journeys {
+        let found = problems.len();
+        let (order, whose) = match &journey.policy.channels {
+            Some(own) => (own, "the journey's `policy.channels`"),
+            None => (&policy.channels, "the daemon config's `policy.channels`"),
+        };
+        let listed = order
+            .iter()
+            .map(|c| format!("`{c}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
         for step in &journey.steps {
-            if let waymark_journey::StepKind::Send(send) = &step.kind {
-                let named = match &send.channel {
-                    waymark_journey::ChannelChoice::Named(name) => Some(name),
-                    waymark_journey::ChannelChoice::Preferred => None,
-                };
-                for name in named.into_iter().chain(&send.fallback) {
-                    if !channels.is_known(name) {
-                        problems.push(Diagnostic::error(
-                            journey.source.clone(),
-                            step.pos,
-                            UNKNOWN_CHANNEL,
-                            format!(
-                                "step `{}` sends on channel `{name}`, which `channels` in the daemon config does not define",
-                                step.id
-                            ),
-                        ));
-                    }
+            let StepKind::Send(send) = &step.kind else {
+                continue;
+            };
+            let mut error = |code, message: String| {
+                problems.push(Diagnostic::error(
+                    journey.source.clone(),
+                    step.pos,
+                    code,
+                    message,
+                ));
+            };
+            let named = match &send.channel {
+                ChannelChoice::Named(name) => Some(name),
+                ChannelChoice::Preferred => None,
+            };
+            for name in named.into_iter().chain(&send.fallback) {
+                if !channels.is_known(name) {
+                    error(
+                        UNKNOWN_CHANNEL,
+                        format!(
+                            "step `{}` sends on channel `{name}`, which `channels` in the daemon config does not define",
+                            step.id
+                        ),
+                    );
                 }
+            }
+            if named.is_some() {
+                continue;
+            }
+            let mut seen = HashSet::new();
+            for name in order.iter().filter(|c| seen.insert(c.as_str())) {
+                if !channels.is_known(name) {
+                    error(
+                        UNKNOWN_CHANNEL,
+                        format!(
+                            "step `{}` sends on `preferred`, which may use channel `{name}` of {whose} ({listed}), but the daemon config's `channels` does not define it: define it, or take it out of `policy.channels`",
+                            step.id
+                        ),
+                    );
+                } else if workspace
+                    .templates
+                    .get(&send.template)
+                    .is_some_and(|t| !t.has_part(name))
+                {
+                    error(
+                        codes::TEMPLATE_LACKS_CHANNEL,
+                        format!(
+                            "template `{}` has no part for channel `{name}`, which step `{}` can send on (`send: preferred` may use any channel of {whose}: {listed})",
+                            send.template, step.id
+                        ),
+                    );
+                }
+            }
+        }
+        if problems.len() > found
+            && let Ok(source) = std::fs::read_to_string(&journey.source)
+        {
+            for problem in &mut problems[found..] {
+                problem.attach_source(&source);
             }
         }
     }
@@ -1072,6 +1136,109 @@ fn write_files(dir: &Path, files: &BTreeMap<String, String>) -> std::io::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A workspace whose journey `nudge` sends `preferred` with a template that has parts
+    /// for email, sms and telegram; `policy` is the journey's own `policy:` section.
+    fn preferred_workspace(dir: &Path, policy: &str) -> Workspace {
+        let journey = format!(
+            "id: nudge\ntrigger: {{event: nudge}}\n{policy}steps:\n  remind: {{send: preferred, template: hello}}\n"
+        );
+        std::fs::create_dir_all(dir.join("templates")).unwrap();
+        std::fs::write(dir.join("nudge.yaml"), journey).unwrap();
+        std::fs::write(
+            dir.join("templates/hello.yaml"),
+            "email: {subject: Hi, text: Hi}\nsms: {text: Hi}\ntelegram: {text: Hi}\n",
+        )
+        .unwrap();
+        waymark_journey::load(dir).unwrap().0
+    }
+
+    fn channels(names: &[&str]) -> Channels {
+        let config = names
+            .iter()
+            .map(|n| ((*n).to_owned(), serde_json::json!({"kind": "log"})))
+            .collect();
+        Channels::build(&crate::default_registry(), &config, false).unwrap()
+    }
+
+    fn policy(channels: &[&str]) -> Policy {
+        Policy {
+            channels: channels.iter().map(|c| (*c).to_owned()).collect(),
+            ..Policy::default()
+        }
+    }
+
+    /// `send: preferred` may use any channel of the policy in force, the daemon's when
+    /// the journey sets none: each must be configured and have a part in the template.
+    #[test]
+    fn preferred_sends_are_checked_against_the_policy_in_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let workspace = preferred_workspace(dir.path(), "");
+        let all = channels(&["email", "sms", "telegram", "whatsapp"]);
+        assert!(check_channels(&workspace, &all, &policy(&["telegram", "email"])).is_ok());
+
+        // Telegram first in the daemon's policy, but not configured.
+        let problems = check_channels(
+            &workspace,
+            &channels(&["email"]),
+            &policy(&["telegram", "email"]),
+        )
+        .unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        let rendered = problems[0].render();
+        assert!(
+            rendered.starts_with(&format!(
+                "{}:4:3: error: step `remind` sends on `preferred`, which may use channel `telegram` of the daemon config's `policy.channels` (`telegram`, `email`), but the daemon config's `channels` does not define it",
+                dir.path().join("nudge.yaml").display()
+            )),
+            "{rendered}"
+        );
+        assert!(
+            rendered.contains("4 |   remind: {send: preferred"),
+            "{rendered}"
+        );
+        assert!(rendered.contains("= D0001"), "{rendered}");
+
+        // Configured, but the template has no part for it.
+        let problems =
+            check_channels(&workspace, &all, &policy(&["whatsapp", "email"])).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].code, codes::TEMPLATE_LACKS_CHANNEL);
+        assert_eq!(problems[0].pos.line, 4);
+        assert!(
+            problems[0].message.starts_with(
+                "template `hello` has no part for channel `whatsapp`, which step `remind` can send on"
+            ),
+            "{}",
+            problems[0].message
+        );
+
+        // Without a config file every name is a `log` channel: only templates count.
+        let any = Channels::build(&crate::default_registry(), &BTreeMap::new(), true).unwrap();
+        assert!(check_channels(&workspace, &any, &policy(&["telegram", "email"])).is_ok());
+        let problems = check_channels(&workspace, &any, &policy(&["vk"])).unwrap_err();
+        assert_eq!(problems[0].code, codes::TEMPLATE_LACKS_CHANNEL);
+    }
+
+    /// A journey's own `policy.channels` replaces the daemon's, so the daemon's does not
+    /// matter to it.
+    #[test]
+    fn a_journey_policy_replaces_the_daemon_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let workspace = preferred_workspace(dir.path(), "policy: {channels: [email, sms]}\n");
+        let daemon_policy = policy(&["telegram", "whatsapp"]);
+        assert!(check_channels(&workspace, &channels(&["email", "sms"]), &daemon_policy).is_ok());
+        let problems =
+            check_channels(&workspace, &channels(&["email"]), &daemon_policy).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0]
+                .message
+                .contains("channel `sms` of the journey's `policy.channels` (`email`, `sms`)"),
+            "{}",
+            problems[0].message
+        );
+    }
 
     #[test]
     fn unreachable_adds_a_channel_once() {

@@ -14,7 +14,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use waymark_channel::testkit::{
-    MockServer, Reply, assert_classifies_http_errors, assert_rejects_unknown_fields, sample_message,
+    MockServer, Reply, assert_checks_base_url, assert_classifies_http_errors,
+    assert_rejects_unknown_fields, sample_message,
 };
 use waymark_channel::{Channel, ChannelKind, Delivery, DeliveryError, OutboundMessage};
 use waymark_channel_push::FcmKind;
@@ -502,6 +503,10 @@ async fn passes_the_testkit_compliance_checks() {
     let setup = Setup::new().await;
     assert_classifies_http_errors(&setup.fcm, &*setup.channel, &message()).await;
     assert_rejects_unknown_fields(
+        &FcmKind::default(),
+        config(&setup.fcm, &setup.tokens.url, KEY),
+    );
+    assert_checks_base_url(
         &FcmKind::default(),
         config(&setup.fcm, &setup.tokens.url, KEY),
     );

@@ -11,6 +11,7 @@
 //!     auth_token: ${TWILIO_TOKEN}
 //!     from: "+15550001"                 # or messaging_service_sid: MG...
 //!     status_callback: https://waymark.example/v1/channels/sms/status   # optional
+//!     base_url: "https://api.twilio.com"   # optional: a proxy, a sandbox or a test server
 //!     timeout: 30                       # seconds
 //! ```
 //!
@@ -72,19 +73,17 @@ struct Config {
     messaging_service_sid: Option<String>,
     #[serde(default)]
     status_callback: Option<String>,
-    #[serde(default = "default_base_url")]
-    base_url: String,
+    #[serde(default)]
+    base_url: Option<String>,
     #[serde(default = "default_timeout")]
     timeout: u64,
-}
-
-fn default_base_url() -> String {
-    "https://api.twilio.com".to_owned()
 }
 
 fn default_timeout() -> u64 {
     30
 }
+
+const DEFAULT_BASE_URL: &str = "https://api.twilio.com";
 
 impl ChannelKind for TwilioKind {
     fn kind(&self) -> &'static str {
@@ -114,14 +113,14 @@ impl ChannelKind for TwilioKind {
         if config.account_sid.is_empty() || config.auth_token.is_empty() {
             return Err(check.section_error("`account_sid` and `auth_token` must not be empty"));
         }
+        let base_url = check.base_url(config.base_url.as_deref(), DEFAULT_BASE_URL)?;
         let timeout = check.seconds("timeout", config.timeout)?;
         let client = http::client(timeout)
             .map_err(|e| check.section_error(format!("cannot set up HTTP: {e}")))?;
         Ok(Arc::new(Twilio {
             endpoint: format!(
                 "{}/2010-04-01/Accounts/{}/Messages.json",
-                config.base_url.trim_end_matches('/'),
-                config.account_sid
+                base_url, config.account_sid
             ),
             account_sid: config.account_sid,
             auth_token: config.auth_token,

@@ -6,6 +6,7 @@
 //!     kind: smsru
 //!     api_id: ${SMSRU_API_ID}
 //!     from: Polka          # optional, a sender name agreed with SMS.ru
+//!     base_url: "https://sms.ru"   # optional: a proxy or a test server
 //! ```
 //!
 //! A message is `POST {base_url}/sms/send` with a form body of `api_id`, `to` (digits
@@ -42,19 +43,17 @@ struct Config {
     api_id: String,
     #[serde(default)]
     from: Option<String>,
-    #[serde(default = "default_base_url")]
-    base_url: String,
+    #[serde(default)]
+    base_url: Option<String>,
     #[serde(default = "default_timeout")]
     timeout: u64,
-}
-
-fn default_base_url() -> String {
-    "https://sms.ru".to_owned()
 }
 
 fn default_timeout() -> u64 {
     30
 }
+
+const DEFAULT_BASE_URL: &str = "https://sms.ru";
 
 impl ChannelKind for SmsRuKind {
     fn kind(&self) -> &'static str {
@@ -75,11 +74,12 @@ impl ChannelKind for SmsRuKind {
         if config.api_id.is_empty() {
             return Err(check.section_error("`api_id` must not be empty"));
         }
+        let base_url = check.base_url(config.base_url.as_deref(), DEFAULT_BASE_URL)?;
         let timeout = check.seconds("timeout", config.timeout)?;
         let client = http::client(timeout)
             .map_err(|e| check.section_error(format!("cannot set up HTTP: {e}")))?;
         Ok(Arc::new(SmsRu {
-            endpoint: format!("{}/sms/send", config.base_url.trim_end_matches('/')),
+            endpoint: format!("{base_url}/sms/send"),
             api_id: config.api_id,
             from: config.from,
             client,

@@ -2,7 +2,8 @@
 
 use serde_json::json;
 use waymark_channel::testkit::{
-    MockServer, Reply, assert_classifies_http_errors, assert_rejects_unknown_fields, sample_message,
+    MockServer, Reply, assert_checks_base_url, assert_classifies_http_errors,
+    assert_rejects_unknown_fields, sample_message,
 };
 use waymark_channel::{ChannelKind, DeliveryError};
 use waymark_channel_sms::SmsRuKind;
@@ -95,6 +96,7 @@ async fn refusals_in_an_http_200_are_classified() {
 #[test]
 fn config_is_checked_and_unknown_keys_refused() {
     assert_rejects_unknown_fields(&SmsRuKind, json!({"kind": "smsru", "api_id": "KEY"}));
+    assert_checks_base_url(&SmsRuKind, json!({"kind": "smsru", "api_id": "KEY"}));
     assert!(
         SmsRuKind
             .build("sms", &json!({"kind": "smsru", "api_id": ""}))

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 use waymark_channel::testkit::{
-    MockServer, Reply, assert_classifies_http_errors, assert_rejects_unknown_fields, sample_message,
+    MockServer, Reply, assert_checks_base_url, assert_classifies_http_errors,
+    assert_rejects_unknown_fields, sample_message,
 };
 use waymark_channel::{ChannelKind, DeliveryError, ReceiptError, ReceiptStatus, StatusCallback};
 use waymark_channel_sms::{TwilioKind, signature};
@@ -169,6 +170,10 @@ fn status_callbacks_become_receipts_when_signed() {
 #[test]
 fn config_is_checked_and_unknown_keys_refused() {
     assert_rejects_unknown_fields(
+        &TwilioKind,
+        json!({"kind": "twilio", "account_sid": "AC1", "auth_token": "t", "from": "+1555"}),
+    );
+    assert_checks_base_url(
         &TwilioKind,
         json!({"kind": "twilio", "account_sid": "AC1", "auth_token": "t", "from": "+1555"}),
     );

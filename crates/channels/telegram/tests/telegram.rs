@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use waymark_channel::testkit::{
-    MockServer, Reply, assert_classifies_http_errors, assert_rejects_unknown_fields, sample_message,
+    MockServer, Reply, assert_checks_base_url, assert_classifies_http_errors,
+    assert_rejects_unknown_fields, sample_message,
 };
 use waymark_channel::{
     Channel, ChannelKind, DeliveryError, ReceiptError, ReceiptStatus, StatusCallback,
@@ -197,6 +198,10 @@ async fn an_unreachable_api_is_retryable_and_the_reason_hides_the_token() {
 #[test]
 fn rejects_unknown_fields() {
     assert_rejects_unknown_fields(
+        &TelegramKind,
+        json!({"kind": "telegram", "bot_token": TOKEN}),
+    );
+    assert_checks_base_url(
         &TelegramKind,
         json!({"kind": "telegram", "bot_token": TOKEN}),
     );

@@ -7,8 +7,8 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 use waymark_channel::testkit::{
-    MockServer, Reply, assert_classifies_http_errors, assert_passes_idempotency_key,
-    assert_rejects_unknown_fields, sample_message,
+    MockServer, Reply, assert_checks_base_url, assert_classifies_http_errors,
+    assert_passes_idempotency_key, assert_rejects_unknown_fields, sample_message,
 };
 use waymark_channel::{
     Channel, ChannelKind, DeliveryError, OutboundMessage, ReceiptError, ReceiptStatus,
@@ -162,6 +162,10 @@ async fn a_message_without_address_or_text_is_refused_without_a_request() {
 #[test]
 fn rejects_unknown_fields() {
     assert_rejects_unknown_fields(
+        &ViberKind,
+        json!({"kind": "viber", "auth_token": TOKEN, "sender_name": "Shop"}),
+    );
+    assert_checks_base_url(
         &ViberKind,
         json!({"kind": "viber", "auth_token": TOKEN, "sender_name": "Shop"}),
     );

@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use serde_json::json;
 use waymark_channel::testkit::{
-    MockServer, Reply, assert_classifies_http_errors, assert_rejects_unknown_fields, sample_message,
+    MockServer, Reply, assert_checks_base_url, assert_classifies_http_errors,
+    assert_rejects_unknown_fields, sample_message,
 };
 use waymark_channel::{
     Channel, ChannelKind, DeliveryError, OutboundMessage, ReceiptError, StatusCallback,
@@ -219,6 +220,7 @@ async fn reasons_never_hold_the_token() {
 #[test]
 fn rejects_unknown_fields() {
     assert_rejects_unknown_fields(&VkKind, json!({"kind": "vk", "access_token": TOKEN}));
+    assert_checks_base_url(&VkKind, json!({"kind": "vk", "access_token": TOKEN}));
 }
 
 #[test]

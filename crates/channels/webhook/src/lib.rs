@@ -9,7 +9,14 @@
 //!     secret: ${CRM_SECRET}          # signs every request; recommended
 //!     headers: {X-Team: growth}      # optional extra headers
 //!     timeout: 10                    # seconds, default 30
+//!     base_url: http://127.0.0.1:9000/crm   # optional: a proxy, a sandbox or a test server
 //! ```
+//!
+//! `base_url`, as on every HTTP channel, redirects the requests without touching the rest
+//! of the config: it replaces the scheme, host and port of `url` and puts its own path
+//! in front of url's, keeping url's path and query (and url's user and password, unless
+//! `base_url` has its own). Above, messages go to `http://127.0.0.1:9000/crm/tasks`.
+//! `base_url` must be an absolute `http://` or `https://` URL without a query.
 //!
 //! The body is the template's rendered `body` part, which must be JSON. Every request
 //! carries:
@@ -51,6 +58,8 @@ struct Config {
     headers: BTreeMap<String, String>,
     #[serde(default = "default_timeout")]
     timeout: u64,
+    #[serde(default)]
+    base_url: Option<String>,
 }
 
 fn default_timeout() -> u64 {
@@ -80,6 +89,15 @@ impl ChannelKind for WebhookKind {
                 format!("expected an http or https URL, got `{}`", url.scheme()),
             ));
         }
+        let url = match config.base_url.as_deref() {
+            None => url,
+            Some(base) => {
+                // The example only shows in the error: a set `base_url` has no default.
+                let base = check.base_url(Some(base), "http://127.0.0.1:9000")?;
+                let base = reqwest::Url::parse(&base).map_err(|e| check.error("base_url", e))?;
+                rebase(&url, &base)
+            }
+        };
         let mut headers = reqwest::header::HeaderMap::new();
         for (key, value) in &config.headers {
             let name = reqwest::header::HeaderName::try_from(key.as_str())
@@ -152,6 +170,25 @@ impl Channel for Webhook {
     }
 }
 
+/// `url` moved onto `base`: base's scheme, host, port and path, then url's path and
+/// query; url's user and password stay unless `base` has its own.
+fn rebase(url: &reqwest::Url, base: &reqwest::Url) -> reqwest::Url {
+    let mut moved = base.clone();
+    moved.set_path(&format!(
+        "{}{}",
+        base.path().trim_end_matches('/'),
+        url.path()
+    ));
+    moved.set_query(url.query());
+    moved.set_fragment(None);
+    if base.username().is_empty() && base.password().is_none() {
+        // Both only fail on a URL without a host, which `base` is not.
+        let _ = moved.set_username(url.username());
+        let _ = moved.set_password(url.password());
+    }
+    moved
+}
+
 /// The `X-Waymark-Signature` value for a body signed at `timestamp` (Unix seconds).
 pub fn sign(secret: &str, timestamp: u64, body: &[u8]) -> String {
     let mut mac =
@@ -188,4 +225,33 @@ fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use reqwest::Url;
+
+    fn rebase(url: &str, base: &str) -> String {
+        super::rebase(&Url::parse(url).unwrap(), &Url::parse(base).unwrap()).to_string()
+    }
+
+    #[test]
+    fn rebase_keeps_the_path_and_query_and_the_credentials_unless_replaced() {
+        assert_eq!(
+            rebase("https://crm.example/tasks?a=1#top", "http://127.0.0.1:9000"),
+            "http://127.0.0.1:9000/tasks?a=1"
+        );
+        assert_eq!(
+            rebase("https://crm.example", "http://proxy.example/crm/"),
+            "http://proxy.example/crm/"
+        );
+        assert_eq!(
+            rebase("https://bot:pw@crm.example/t", "http://proxy.example:81/p"),
+            "http://bot:pw@proxy.example:81/p/t"
+        );
+        assert_eq!(
+            rebase("https://bot:pw@crm.example/t", "http://me@proxy.example"),
+            "http://me@proxy.example/t"
+        );
+    }
 }

@@ -2,8 +2,8 @@
 
 use serde_json::json;
 use waymark_channel::testkit::{
-    MockServer, Reply, assert_classifies_http_errors, assert_passes_idempotency_key,
-    assert_rejects_unknown_fields, sample_message,
+    MockServer, Reply, assert_checks_base_url, assert_classifies_http_errors,
+    assert_passes_idempotency_key, assert_rejects_unknown_fields, sample_message,
 };
 use waymark_channel::{ChannelKind, DeliveryError};
 use waymark_channel_webhook::{WebhookKind, sign, verify_signature};
@@ -113,6 +113,59 @@ async fn errors_are_classified() {
         closed.deliver(&sample_message("hook", None)).await,
         Err(DeliveryError::Retryable { .. })
     ));
+}
+
+/// `base_url` points the channel at another server (a proxy, a sandbox, this test's) and
+/// keeps the path and query of `url`.
+#[tokio::test]
+async fn base_url_moves_the_url_onto_another_server() {
+    let server = MockServer::start(Reply::json(200, json!({}))).await;
+    for (base_url, path) in [
+        (server.url().to_owned(), "/tasks"),
+        (format!("{}/", server.url()), "/tasks"),
+        (format!("{}/proxy/crm/", server.url()), "/proxy/crm/tasks"),
+    ] {
+        let channel = WebhookKind
+            .build(
+                "crm_task",
+                &json!({"kind": "webhook", "url": "https://crm.example/tasks?team=growth",
+                        "base_url": base_url}),
+            )
+            .unwrap();
+        channel
+            .deliver(&sample_message("crm_task", None))
+            .await
+            .unwrap();
+        let request = server.requests().pop().unwrap();
+        assert_eq!(
+            (request.path.as_str(), request.query.as_str()),
+            (path, "team=growth"),
+            "{base_url}"
+        );
+        assert_eq!(request.json(), json!({"task": "call", "customer": "ann"}));
+    }
+}
+
+#[test]
+fn base_url_must_be_an_absolute_http_url() {
+    assert_checks_base_url(
+        &WebhookKind,
+        json!({"kind": "webhook", "url": "https://crm.example/tasks"}),
+    );
+    let error = WebhookKind
+        .build(
+            "crm_task",
+            &json!({"kind": "webhook", "url": "https://crm.example/tasks", "base_url": "crm.sandbox.example"}),
+        )
+        .err()
+        .unwrap();
+    assert_eq!(error.channel, "crm_task");
+    assert!(
+        error
+            .message
+            .starts_with("`base_url`: expected an absolute http:// or https:// URL"),
+        "{error}"
+    );
 }
 
 #[test]

@@ -8,8 +8,8 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 use waymark_channel::testkit::{
-    MockServer, Reply, assert_classifies_http_errors, assert_passes_idempotency_key,
-    assert_rejects_unknown_fields, sample_message,
+    MockServer, Reply, assert_checks_base_url, assert_classifies_http_errors,
+    assert_passes_idempotency_key, assert_rejects_unknown_fields, sample_message,
 };
 use waymark_channel::{
     Channel, ChannelKind, DeliveryError, OutboundMessage, ReceiptError, ReceiptStatus,
@@ -244,6 +244,10 @@ async fn the_reason_never_holds_the_token() {
 #[test]
 fn rejects_unknown_fields() {
     assert_rejects_unknown_fields(
+        &WhatsAppKind,
+        json!({"kind": "whatsapp", "access_token": TOKEN, "phone_number_id": PHONE_ID}),
+    );
+    assert_checks_base_url(
         &WhatsAppKind,
         json!({"kind": "whatsapp", "access_token": TOKEN, "phone_number_id": PHONE_ID}),
     );
