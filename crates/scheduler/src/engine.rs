@@ -615,8 +615,10 @@ impl Engine {
             StepKind::Send(send) => {
                 let policy = &version.policy;
                 let traits = &state.profile.traits;
+                let template = version.workspace.templates.get(&send.template);
                 cx.now - cx.due <= policy.max_lateness
-                    && resolve_channel(send, traits, policy, self.directory.as_ref()).is_some()
+                    && resolve_channel(send, template, traits, policy, self.directory.as_ref())
+                        .is_some()
                     && deferral(&state.profile, policy, send, cx).is_some()
             }
             _ => false,
@@ -638,7 +640,14 @@ impl Engine {
     ) -> bool {
         let policy = &version.policy;
         let profile = &state.profile;
-        let channel = resolve_channel(send, &profile.traits, policy, self.directory.as_ref());
+        let template = version.workspace.templates.get(&send.template);
+        let channel = resolve_channel(
+            send,
+            template,
+            &profile.traits,
+            policy,
+            self.directory.as_ref(),
+        );
         let outcome = if cx.now - cx.due > policy.max_lateness {
             Err(SkipReason::Expired)
         } else if let Some((channel, _)) = &channel {
@@ -659,7 +668,6 @@ impl Engine {
 
         let enrollment = &state.enrollments[i];
         let content = outcome.as_ref().ok().map(|channel| {
-            let template = version.workspace.templates.get(&send.template);
             let ctx = RenderContext {
                 profile: &profile.traits,
                 profile_id: &profile.id,

@@ -3,14 +3,23 @@
 use chrono::{DateTime, Days, NaiveDate, NaiveDateTime, NaiveTime, TimeDelta, Timelike, Utc};
 use chrono_tz::Tz;
 use serde_json::{Map, Value};
-use waymark_journey::{Cap, ChannelChoice, Policy, QuietHours, SendStep};
+use waymark_journey::{Cap, ChannelChoice, Policy, QuietHours, SendStep, Template};
 
 use crate::history::EventLog;
 use crate::state::Profile;
 
-/// Which profile trait holds a customer's address on each channel.
+/// The channels there are, and which profile trait holds a customer's address on each.
 pub trait ChannelDirectory: Send + Sync {
-    /// `None`: the channel needs no address (a webhook).
+    /// Whether a channel of this name exists (the daemon has it configured).
+    ///
+    /// # Contract
+    /// A channel that does not exist reaches nobody: `send: preferred`, `fallback` and a
+    /// named channel all pass over it as unreachable, so a message is never handed to a
+    /// channel nothing can deliver on.
+    fn exists(&self, channel: &str) -> bool;
+
+    /// `None`: the channel needs no address (a webhook). Asked only of channels that
+    /// [exist](ChannelDirectory::exists).
     fn address_trait(&self, channel: &str) -> Option<&str>;
 }
 
@@ -21,6 +30,11 @@ pub trait ChannelDirectory: Send + Sync {
 pub struct ConventionalChannels;
 
 impl ChannelDirectory for ConventionalChannels {
+    /// Every name is a channel: `waymark test` has no daemon config to check against.
+    fn exists(&self, _channel: &str) -> bool {
+        true
+    }
+
     fn address_trait(&self, channel: &str) -> Option<&str> {
         waymark_journey::address_trait(channel)
     }
@@ -37,9 +51,15 @@ pub fn customer_timezone(traits: &Map<String, Value>, policy: &Policy) -> Tz {
 
 /// Picks the channel for a send: `(channel, address)`, or `None` when nothing is
 /// reachable. Transactional sends ignore `unsubscribed`; nothing reaches an address the
-/// provider reported gone (`unreachable`).
+/// provider reported gone (`unreachable`), nor a channel that does not exist.
+///
+/// The customer's own `preferred_channel` counts only where `template` has a part for
+/// it: the check guarantees parts for the policy's channels, not for whatever a profile
+/// names, and a customer who prefers a channel the message was not written for gets it
+/// on the policy's first reachable channel rather than not at all.
 pub fn resolve_channel(
     send: &SendStep,
+    template: Option<&Template>,
     traits: &Map<String, Value>,
     policy: &Policy,
     directory: &dyn ChannelDirectory,
@@ -52,6 +72,7 @@ pub fn resolve_channel(
         ChannelChoice::Preferred => traits
             .get("preferred_channel")
             .and_then(Value::as_str)
+            .filter(|channel| template.is_none_or(|t| t.has_part(channel)))
             .and_then(reach)
             .or_else(|| policy.channels.iter().find_map(|c| reach(c))),
         ChannelChoice::Named(channel) => {
@@ -67,7 +88,7 @@ fn reachable(
     transactional: bool,
     directory: &dyn ChannelDirectory,
 ) -> Option<Option<String>> {
-    if names_channel(traits.get("unreachable"), channel) {
+    if !directory.exists(channel) || names_channel(traits.get("unreachable"), channel) {
         return None;
     }
     if !transactional && names_channel(traits.get("unsubscribed"), channel) {
@@ -265,6 +286,66 @@ mod tests {
 
     fn hm(h: u32, m: u32) -> NaiveTime {
         NaiveTime::from_hms_opt(h, m, 0).unwrap()
+    }
+
+    /// A daemon that configured only these channels.
+    struct Configured(&'static [&'static str]);
+
+    impl ChannelDirectory for Configured {
+        fn exists(&self, channel: &str) -> bool {
+            self.0.contains(&channel)
+        }
+
+        fn address_trait(&self, channel: &str) -> Option<&str> {
+            waymark_journey::address_trait(channel)
+        }
+    }
+
+    /// A channel the daemon lacks is never picked, however reachable the customer's
+    /// address for it: `preferred` goes down the policy's order, `fallback` to the next.
+    #[test]
+    fn a_channel_that_does_not_exist_reaches_nobody() {
+        let directory = Configured(&["email"]);
+        let policy = Policy {
+            channels: vec!["telegram".to_owned(), "email".to_owned()],
+            ..Policy::default()
+        };
+        let send = |channel: ChannelChoice, fallback: &[&str]| SendStep {
+            channel,
+            template: "hello".to_owned(),
+            fallback: fallback.iter().map(|c| (*c).to_owned()).collect(),
+            transactional: false,
+            at: waymark_journey::SendAt::Now,
+        };
+        let ann = serde_json::json!({"telegram_chat_id": "501", "email": "ann@example.com"});
+        let ann = ann.as_object().unwrap();
+        let email = Some(("email".to_owned(), Some("ann@example.com".to_owned())));
+        let pick = |send: &SendStep, traits: &Map<String, Value>| {
+            resolve_channel(send, None, traits, &policy, &directory)
+        };
+
+        assert_eq!(pick(&send(ChannelChoice::Preferred, &[]), ann), email);
+        let mut prefers_telegram = ann.clone();
+        prefers_telegram.insert("preferred_channel".to_owned(), "telegram".into());
+        assert_eq!(
+            pick(&send(ChannelChoice::Preferred, &[]), &prefers_telegram),
+            email
+        );
+        let telegram = ChannelChoice::Named("telegram".to_owned());
+        assert_eq!(pick(&send(telegram.clone(), &["sms", "email"]), ann), email);
+        assert_eq!(pick(&send(telegram, &[]), ann), None);
+        // The same sends where every channel exists, as `waymark test` sees them.
+        let telegram = Some(("telegram".to_owned(), Some("501".to_owned())));
+        assert_eq!(
+            resolve_channel(
+                &send(ChannelChoice::Preferred, &[]),
+                None,
+                ann,
+                &policy,
+                &ConventionalChannels
+            ),
+            telegram
+        );
     }
 
     #[test]
