@@ -186,3 +186,149 @@ async fn sigterm_exits_cleanly_and_an_open_listen_needs_keys() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("api_keys"), "{stderr}");
 }
+
+const NUDGE: &str = "
+id: nudge
+trigger:
+  event: nudge
+steps:
+  remind:
+    send: preferred
+    template: nudge
+";
+
+/// Parts for the language's default `channels` (`email`, `sms`): what `waymark check`
+/// asks of a journey without its own `policy.channels`.
+const NUDGE_TEMPLATE: &str = "
+email:
+  subject: \"Still there?\"
+  text: \"We miss you\"
+sms:
+  text: \"We miss you\"
+";
+
+/// Runs the daemon on `site`'s directory with `settings` as the rest of its config and
+/// answers its stderr, asserting it refused to start.
+async fn refused(site: &Site, settings: &str) -> String {
+    std::fs::write(
+        site.path().join("refused.yaml"),
+        format!(
+            "journeys: ./journeys\ndatabase: sqlite://./data/waymark.db\nlisten: 127.0.0.1:0\n{settings}\n"
+        ),
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(DAEMON)
+        .args(["--config", "refused.yaml"])
+        .current_dir(site.path())
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "the daemon started:\n{stderr}");
+    stderr
+}
+
+/// `send: preferred` may use any channel of the daemon's `policy.channels` (the journey
+/// sets none): each must be configured, and the template needs a part for each, at start
+/// and on reload, which keeps the running journeys when it refuses.
+#[tokio::test]
+async fn preferred_sends_are_checked_against_the_daemon_policy() {
+    let mut site = Site::new(DAEMON);
+    site.write("nudge.yaml", NUDGE);
+    site.write("templates/nudge.yaml", NUDGE_TEMPLATE);
+    let policy = "policy: {channels: [telegram, email]}\n";
+
+    let stderr = refused(&site, &format!("{policy}channels:\n  email: {{kind: log}}")).await;
+    assert!(
+        stderr.contains("nudge.yaml:6:3: error: step `remind` sends on `preferred`")
+            && stderr
+                .contains("may use channel `telegram` of the daemon config's `policy.channels`")
+            && stderr.contains("= D0001"),
+        "{stderr}"
+    );
+
+    let settings = format!("{policy}channels:\n  email: {{kind: log}}\n  telegram: {{kind: log}}");
+    let stderr = refused(&site, &settings).await;
+    assert!(
+        stderr
+            .contains("nudge.yaml:6:3: error: template `nudge` has no part for channel `telegram`")
+            && stderr.contains("6 |   remind:")
+            && stderr.contains("= E0020 template-lacks-channel"),
+        "{stderr}"
+    );
+
+    let with_telegram = format!("{NUDGE_TEMPLATE}telegram:\n  text: \"We miss you\"\n");
+    site.write("templates/nudge.yaml", &with_telegram);
+    site.configure(&settings);
+    let d = site.start().await;
+    d.ok(
+        "/v1/identify",
+        &json!({"userId": "ann", "traits": {"email": "ann@example.com", "telegram_chat_id": "501"}}),
+    )
+    .await;
+    d.ok("/v1/track", &json!({"userId": "ann", "event": "nudge"}))
+        .await;
+    waymark_tests::eventually("ann's nudge goes out on telegram", || async {
+        let ann = d.profile("ann").await;
+        waymark_tests::messages(&ann)
+            .iter()
+            .any(|m| m["channel"] == "telegram" && m["delivery"] == "sent")
+    })
+    .await;
+
+    site.write("templates/nudge.yaml", NUDGE_TEMPLATE);
+    let (status, answer) = d.post("/v1/reload", &json!({})).await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(
+        answer
+            .to_string()
+            .contains("has no part for channel `telegram`"),
+        "{answer}"
+    );
+    let (_, journeys) = d.get("/v1/journeys").await;
+    assert_eq!(journeys["journeys"][0]["id"], "nudge", "{journeys}");
+}
+
+/// `--config /elsewhere/waymark.yaml` from another directory: the config's relative paths
+/// are its folder's, and `listen` may be a host name (loopback: no API key needed).
+#[tokio::test]
+async fn a_config_elsewhere_finds_its_journeys_and_may_listen_on_a_host_name() {
+    let site = site();
+    std::fs::write(
+        site.path().join("elsewhere.yaml"),
+        "journeys: ./journeys\ndatabase: sqlite://./other-data/w.db\nlisten: localhost:0\n\
+         channels:\n  email: {kind: log}\n",
+    )
+    .unwrap();
+    let cwd = tempfile::tempdir().unwrap();
+    let log = site.path().join("elsewhere.log");
+    let mut child = tokio::process::Command::new(DAEMON)
+        .arg("--config")
+        .arg(site.path().join("elsewhere.yaml"))
+        .current_dir(cwd.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mark = "listening on http://";
+    let mut url = String::new();
+    waymark_tests::eventually("the daemon listens", || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(at) = text.find(mark) {
+            let address = text[at + mark.len()..].split_whitespace().next();
+            url = format!("http://{}", address.unwrap_or_default());
+        }
+        let exited = matches!(child.try_wait(), Ok(Some(_)));
+        assert!(!exited, "the daemon exited:\n{text}");
+        std::future::ready(!url.is_empty())
+    })
+    .await;
+    let health = reqwest::get(format!("{url}/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert!(site.path().join("other-data/w.db").exists());
+    assert!(!cwd.path().join("other-data").exists());
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+}

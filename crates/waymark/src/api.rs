@@ -3,15 +3,19 @@
 //!
 //! Bodies are read as JSON values and checked field by field (rather than through
 //! `serde` derives) so that every refusal names the field it is about, including inside a
-//! batch (`batch[3].event`). Segment's envelope fields that Waymark has no use for
-//! (`context`, `integrations`, `sentAt`, ...) are accepted and ignored; any other unknown
-//! field is an error, so typos don't pass silently.
+//! batch (`batch[3].event`). Segment's envelope fields are accepted: `originalTimestamp`
+//! and `sentAt` date an event without `timestamp`, as Segment dates it; the ones Waymark
+//! has no use for (`context`, `integrations`, ...) are ignored. Any other unknown field is
+//! an error, so typos don't pass silently. Every 4xx, including axum's own refusals, is
+//! the JSON of [`ApiError`].
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
+use axum::extract::path::ErrorKind as PathErrorKind;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -179,6 +183,70 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
     }
 }
 
+/// One path parameter (`{id}`), refused with an [`ApiError`] naming it: an id that is
+/// not UTF-8 once percent-decoded (`/v1/profiles/%FF`) is a 400 about `id`.
+pub struct PathParam(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(PathParam(value)),
+            Err(PathRejection::FailedToDeserializePathParams(e)) => {
+                let status = e.status();
+                let message = e.body_text();
+                match e.into_kind() {
+                    PathErrorKind::InvalidUtf8InPathParam { key } => Err(ApiError {
+                        field: Some(key),
+                        ..ApiError::new(status, "must be UTF-8 once percent-decoded")
+                    }),
+                    _ => Err(ApiError::new(status, message)),
+                }
+            }
+            Err(e) => Err(ApiError::new(e.status(), e.body_text())),
+        }
+    }
+}
+
+/// Gives a 4xx that is neither JSON nor a page for people (the link pages) the shape of
+/// [`ApiError`]: axum's own refusals are plain text, and a client should parse one shape.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !status.is_client_error()
+        || content_type.starts_with("application/json")
+        || content_type.starts_with("text/html")
+    {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    // axum's refusals are a line of text; a longer body is cut rather than kept whole.
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let error = if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("refused")
+            .to_lowercase()
+    } else {
+        text
+    };
+    let mut json = ApiError::new(status, error).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            json.headers_mut().insert(name, value.clone());
+        }
+    }
+    json
+}
+
 /// The path (`properties.note`, `batch[2].userId`) of the first key or string in `map`
 /// holding U+0000.
 fn nul_at(map: &Map<String, Value>) -> Option<String> {
@@ -286,6 +354,33 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// When the event happened, as Segment reckons it: `timestamp` as given; else
+    /// `originalTimestamp` (the sender's clock) corrected for that clock's skew by `sentAt`
+    /// (the item's, else the batch's): `received - (sentAt - originalTimestamp)`; else
+    /// `originalTimestamp` alone; else `None`, for the time it was received.
+    fn happened(
+        &self,
+        received: DateTime<Utc>,
+        batch_sent_at: Option<DateTime<Utc>>,
+    ) -> Result<Option<DateTime<Utc>>, ApiError> {
+        let timestamp = self.time("timestamp")?;
+        let original = self.time("originalTimestamp")?;
+        let sent_at = self.time("sentAt")?.or(batch_sent_at);
+        match (timestamp, original, sent_at) {
+            (Some(timestamp), _, _) => Ok(Some(timestamp)),
+            (None, Some(original), Some(sent_at)) => received
+                .checked_sub_signed(sent_at - original)
+                .map(Some)
+                .ok_or_else(|| {
+                    ApiError::field(
+                        self.name("originalTimestamp"),
+                        "too far from `sentAt` to correct for clock skew",
+                    )
+                }),
+            (None, original, _) => Ok(original),
+        }
+    }
+
     /// `userId`, else `anonymousId`: one is required.
     fn customer(&self) -> Result<(Option<String>, Option<String>), ApiError> {
         let user = self.id("userId")?;
@@ -314,7 +409,12 @@ enum Call {
     },
 }
 
-fn parse_track(f: &Fields<'_>, now: DateTime<Utc>) -> Result<Call, ApiError> {
+/// A `track` call received at `now`; `sent_at` is a batch's own `sentAt`.
+fn parse_track(
+    f: &Fields<'_>,
+    now: DateTime<Utc>,
+    sent_at: Option<DateTime<Utc>>,
+) -> Result<Call, ApiError> {
     f.allow(&[
         "userId",
         "anonymousId",
@@ -327,15 +427,15 @@ fn parse_track(f: &Fields<'_>, now: DateTime<Utc>) -> Result<Call, ApiError> {
     Ok(Call::Track(NewEvent {
         customer: user.or(anonymous).unwrap_or_default(),
         name: f.name_field("event")?,
-        at: f.time("timestamp")?.unwrap_or(now),
+        at: f.happened(now, sent_at)?.unwrap_or(now),
         properties: f.object("properties")?,
         message_id: f.id("messageId")?,
     }))
 }
 
-fn parse_identify(f: &Fields<'_>) -> Result<Call, ApiError> {
+fn parse_identify(f: &Fields<'_>, now: DateTime<Utc>) -> Result<Call, ApiError> {
     f.allow(&["userId", "anonymousId", "traits", "timestamp", "messageId"])?;
-    f.time("timestamp")?;
+    f.happened(now, None)?;
     let (user, anonymous) = f.customer()?;
     Ok(Call::Identify {
         user,
@@ -344,9 +444,9 @@ fn parse_identify(f: &Fields<'_>) -> Result<Call, ApiError> {
     })
 }
 
-fn parse_alias(f: &Fields<'_>) -> Result<Call, ApiError> {
+fn parse_alias(f: &Fields<'_>, now: DateTime<Utc>) -> Result<Call, ApiError> {
     f.allow(&["previousId", "userId", "timestamp", "messageId"])?;
-    f.time("timestamp")?;
+    f.happened(now, None)?;
     Ok(Call::Alias {
         previous: f.required("previousId")?,
         user: f.required("userId")?,
@@ -401,7 +501,7 @@ async fn track(
     State(daemon): State<Arc<Daemon>>,
     JsonObject(body): JsonObject,
 ) -> Result<Json<Value>, ApiError> {
-    let call = parse_track(&Fields::new(&body, ""), daemon.clock.now())?;
+    let call = parse_track(&Fields::new(&body, ""), daemon.clock.now(), None)?;
     Ok(Json(apply(&daemon, call).await?))
 }
 
@@ -409,7 +509,7 @@ async fn identify(
     State(daemon): State<Arc<Daemon>>,
     JsonObject(body): JsonObject,
 ) -> Result<Json<Value>, ApiError> {
-    let call = parse_identify(&Fields::new(&body, ""))?;
+    let call = parse_identify(&Fields::new(&body, ""), daemon.clock.now())?;
     Ok(Json(apply(&daemon, call).await?))
 }
 
@@ -417,7 +517,7 @@ async fn alias(
     State(daemon): State<Arc<Daemon>>,
     JsonObject(body): JsonObject,
 ) -> Result<Json<Value>, ApiError> {
-    let call = parse_alias(&Fields::new(&body, ""))?;
+    let call = parse_alias(&Fields::new(&body, ""), daemon.clock.now())?;
     Ok(Json(apply(&daemon, call).await?))
 }
 
@@ -433,6 +533,8 @@ async fn batch(
         return Err(ApiError::field("batch", "`batch` must be an array"));
     };
     let now = daemon.clock.now();
+    // Segment's libraries stamp the batch, not each item, with `sentAt`.
+    let sent_at = f.time("sentAt")?;
     let mut calls = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let prefix = format!("batch[{i}].");
@@ -441,9 +543,9 @@ async fn batch(
         };
         let f = Fields::new(map, prefix);
         calls.push(match map.get("type").and_then(Value::as_str) {
-            Some("track") => parse_track(&f, now)?,
-            Some("identify") => parse_identify(&f)?,
-            Some("alias") => parse_alias(&f)?,
+            Some("track") => parse_track(&f, now, sent_at)?,
+            Some("identify") => parse_identify(&f, now)?,
+            Some("alias") => parse_alias(&f, now)?,
             Some(other) => {
                 return Err(ApiError::field(
                     f.name("type"),
@@ -461,7 +563,7 @@ async fn batch(
 
 async fn enroll(
     State(daemon): State<Arc<Daemon>>,
-    Path(journey): Path<String>,
+    PathParam(journey): PathParam,
     JsonObject(body): JsonObject,
 ) -> Result<Json<Value>, ApiError> {
     let f = Fields::new(&body, "");
@@ -494,7 +596,7 @@ async fn enroll(
 
 async fn profile(
     State(daemon): State<Arc<Daemon>>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Result<Json<Value>, ApiError> {
     let customer = daemon.store.load_customer(&id).await?;
     let events = daemon.store.recent_events(&id, PROFILE_RECENT).await?;
@@ -572,12 +674,18 @@ async fn journeys(State(daemon): State<Arc<Daemon>>) -> Result<Json<Value>, ApiE
     Ok(Json(json!({"journeys": out})))
 }
 
+/// `GET /v1/journeys/{id}`: the journey as written, its versions, customers per step,
+/// outcomes, and conversion per variant, with the holdout group apart.
 async fn journey(
     State(daemon): State<Arc<Daemon>>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Result<Json<Value>, ApiError> {
-    let Some(journey) = daemon.with_engine(|engine| engine.workspace().journey(&id).cloned())
-    else {
+    let Some((journey, root)) = daemon.with_engine(|engine| {
+        let workspace = engine.workspace();
+        workspace
+            .journey(&id)
+            .map(|j| (j.clone(), workspace.root.clone()))
+    }) else {
         return Err(ApiError::not_found(format!("no journey `{id}`")));
     };
     let counts = daemon.store.journey_counts(&id).await?;
@@ -595,8 +703,24 @@ async fn journey(
             json!({"id": step.id, "kind": step.kind.name(), "stage": step.stage, "active": active})
         })
         .collect();
-    let mut versions: Vec<&String> = counts.active.keys().map(|(v, _)| v).collect();
-    versions.dedup();
+    // The current version first, then the older ones customers are still on.
+    let mut versions = vec![json!({
+        "version": journey.version,
+        "current": true,
+        "active": active_on(&counts, &journey.version),
+    })];
+    let mut older: Vec<&String> = counts
+        .active
+        .keys()
+        .map(|(v, _)| v)
+        .filter(|v| **v != journey.version)
+        .collect();
+    older.dedup();
+    versions.extend(
+        older
+            .into_iter()
+            .map(|v| json!({"version": v, "current": false, "active": active_on(&counts, v)})),
+    );
     let mut variants = Map::new();
     for ((variant, status), n) in &counts.variants {
         let entry = variants
@@ -610,23 +734,83 @@ async fn journey(
     for entry in variants.values_mut() {
         let entered = entry["entered"].as_u64().unwrap_or(0);
         let converted = entry["converted"].as_u64().unwrap_or(0);
-        entry["conversion"] = json!(if entered == 0 {
-            0.0
-        } else {
-            converted as f64 / entered as f64
-        });
+        entry["conversion"] = json!(conversion(converted, entered));
     }
+    let (file, definition) = definition(&daemon, &journey, &root).await;
     Ok(Json(json!({
         "id": journey.id,
         "name": journey.name,
         "description": journey.description,
         "version": journey.version,
-        "versions_in_use": versions,
+        "file": file,
+        "definition": definition,
+        "versions": versions,
         "trigger": trigger_kind(&journey.trigger),
         "steps": steps,
         "outcomes": counts.outcomes,
         "variants": variants,
+        "holdout": {"percent": journey.holdout},
     })))
+}
+
+fn active_on(counts: &waymark_store::JourneyCounts, version: &str) -> u64 {
+    counts
+        .active
+        .iter()
+        .filter(|((v, _), _)| v == version)
+        .map(|(_, n)| n)
+        .sum()
+}
+
+fn conversion(converted: u64, entered: u64) -> f64 {
+    if entered == 0 {
+        0.0
+    } else {
+        converted as f64 / entered as f64
+    }
+}
+
+/// The journey's file (relative to the workspace) and its content as JSON: the journey as
+/// its author wrote it, in the vocabulary of the journey language, which a dashboard can
+/// draw without a YAML parser (the parsed model holds internal indices instead of step
+/// names). Read from the files recorded for the running version, so an edit not yet
+/// reloaded does not show; from disk when none are recorded.
+async fn definition(
+    daemon: &Arc<Daemon>,
+    journey: &waymark_journey::Journey,
+    root: &std::path::Path,
+) -> (String, Value) {
+    let file = journey
+        .source
+        .strip_prefix(root)
+        .unwrap_or(&journey.source)
+        .to_string_lossy()
+        .into_owned();
+    let recorded = match daemon
+        .store
+        .journey_version_files(&journey.id, &journey.version)
+        .await
+    {
+        Ok(files) => files.and_then(|mut files| files.remove(&file)),
+        Err(e) => {
+            tracing::warn!(journey = %journey.id, error = %e, "cannot read the recorded journey version");
+            None
+        }
+    };
+    let text = match recorded {
+        Some(text) => Some(text),
+        None => {
+            let source = journey.source.clone();
+            tokio::task::spawn_blocking(move || std::fs::read_to_string(source).ok())
+                .await
+                .ok()
+                .flatten()
+        }
+    };
+    let definition = text
+        .and_then(|text| waymark_journey::yaml_to_json(&text).ok())
+        .unwrap_or(Value::Null);
+    (file, definition)
 }
 
 async fn reload(State(daemon): State<Arc<Daemon>>) -> Result<Json<Value>, ApiError> {
@@ -658,32 +842,64 @@ async fn metrics(State(daemon): State<Arc<Daemon>>) -> Response {
         .into_response()
 }
 
-/// Bearer API keys, when configured.
+/// API keys, when configured: `Authorization: Bearer KEY`, or HTTP Basic with the key as
+/// the user name and no password, as Segment's libraries send their write key.
 async fn authenticate(State(daemon): State<Arc<Daemon>>, request: Request, next: Next) -> Response {
     let keys = &daemon.config.api_keys;
     if keys.is_empty() {
         return next.run(request).await;
     }
-    let token = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match token {
-        Some(token)
+    let credentials = request.headers().get(header::AUTHORIZATION).map(api_key);
+    let refusal = match credentials {
+        Some(Ok(key))
             if keys
                 .iter()
-                .any(|k| constant_time_eq(k.as_bytes(), token.as_bytes())) =>
+                .any(|k| constant_time_eq(k.as_bytes(), key.as_bytes())) =>
         {
-            next.run(request).await
+            return next.run(request).await;
         }
-        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "unknown API key").into_response(),
-        None => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "an API key is required: `Authorization: Bearer KEY`",
-        )
-        .into_response(),
+        Some(Ok(_)) => "unknown API key".to_owned(),
+        Some(Err(why)) => why,
+        None => "an API key is required: `Authorization: Bearer KEY`, or HTTP Basic with the key as the user name and an empty password".to_owned(),
+    };
+    let mut response = ApiError::new(StatusCode::UNAUTHORIZED, refusal).into_response();
+    // RFC 7235: a 401 names the schemes that would do.
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static(r#"Bearer realm="waymark", Basic realm="waymark""#),
+    );
+    response
+}
+
+/// The API key an `Authorization` header carries. Schemes are case-insensitive (RFC 7235).
+fn api_key(value: &header::HeaderValue) -> Result<String, String> {
+    let text = value
+        .to_str()
+        .map_err(|_| "the `Authorization` header is not ASCII".to_owned())?;
+    let (scheme, credentials) = text.trim().split_once(' ').unwrap_or((text.trim(), ""));
+    let credentials = credentials.trim();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Ok(credentials.to_owned());
     }
+    if scheme.eq_ignore_ascii_case("basic") {
+        use base64::Engine as _;
+        let malformed = || "malformed Basic credentials: expected base64 of `KEY:`".to_owned();
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(credentials)
+            .map_err(|_| malformed())?;
+        let decoded = String::from_utf8(decoded).map_err(|_| malformed())?;
+        return match decoded.split_once(':') {
+            Some((key, "")) => Ok(key.to_owned()),
+            Some(_) => Err(
+                "Basic credentials carry the API key as the user name and an empty password"
+                    .to_owned(),
+            ),
+            None => Err(malformed()),
+        };
+    }
+    Err(format!(
+        "unsupported authorization scheme `{scheme}`: use `Bearer KEY` or HTTP Basic"
+    ))
 }
 
 /// Compares without an early exit, so response times don't reveal how much of a key
@@ -726,5 +942,6 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::map_response(json_errors))
         .with_state(daemon)
 }

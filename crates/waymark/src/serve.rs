@@ -12,7 +12,7 @@ use waymark_scheduler::{ChannelDirectory, Engine, SystemClock};
 use waymark_store::{PostgresStore, SqliteStore, Store};
 
 use crate::channels::Channels;
-use crate::config::{Config, DEFAULT_CONFIG};
+use crate::config::{Config, DEFAULT_CONFIG, Listen};
 use crate::daemon::{self, Daemon};
 use crate::dispatch;
 
@@ -122,6 +122,14 @@ async fn serve(args: ServeArgs, registry: Registry) -> anyhow::Result<ExitCode> 
     let explicit = args.config.is_some();
     let path = args.config.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
     let config = Config::load(&path, explicit).context("config")?;
+    // A host name is resolved, and judged by the addresses it stands for, before anything
+    // is opened.
+    let addrs = config
+        .listen
+        .resolve()
+        .await
+        .with_context(|| format!("config {}", path.display()))?;
+    config.check_exposure(&addrs).context("config")?;
     if config.defaults {
         tracing::info!(
             "no config file ({}): embedded SQLite at {}, journeys from {}, every channel only logs its messages (kind `log`), listening on {} without API keys",
@@ -141,8 +149,10 @@ async fn serve(args: ServeArgs, registry: Registry) -> anyhow::Result<ExitCode> 
         );
     }
 
-    let channels =
-        Arc::new(Channels::build(&registry, &config.channels, config.defaults).context("config")?);
+    let channels = Arc::new(
+        Channels::build(&registry, &config.channels, config.defaults)
+            .with_context(|| format!("config {}", path.display()))?,
+    );
     let workspace = match waymark_journey::load(&config.journeys) {
         Ok((workspace, warnings)) => {
             for w in &warnings {
@@ -161,11 +171,11 @@ async fn serve(args: ServeArgs, registry: Registry) -> anyhow::Result<ExitCode> 
             );
         }
     };
-    if let Err(diagnostics) = daemon::check_channels(&workspace, &channels) {
+    if let Err(diagnostics) = daemon::check_channels(&workspace, &channels, &config.policy) {
         for d in &diagnostics {
             eprintln!("{}", d.render());
         }
-        bail!("the journeys send on channels the config does not define");
+        bail!("the journeys do not fit the channels and the policy of the daemon config");
     }
 
     let alone = hold_embedded_database(&config.database)?;
@@ -187,11 +197,11 @@ async fn serve(args: ServeArgs, registry: Registry) -> anyhow::Result<ExitCode> 
     }
     // Bound before anything is built on the address: with port 0 the address links and
     // signed callbacks use is the port the system picked.
-    let listener = tokio::net::TcpListener::bind(config.listen)
+    let listener = tokio::net::TcpListener::bind(addrs.as_slice())
         .await
         .with_context(|| format!("`listen`: cannot bind {}", config.listen))?;
     let mut config = config;
-    config.listen = listener.local_addr()?;
+    config.listen = Listen::Addr(listener.local_addr()?);
     if config.link_secret.is_none() {
         let fresh = crate::links::generate_secret().context("generating the link secret")?;
         let kept = store

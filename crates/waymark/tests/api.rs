@@ -582,3 +582,194 @@ async fn unsubscribe_open_and_click_links_record_on_the_customer() {
         "https://shop.example/cart?id=1"
     );
 }
+
+/// `GET uri` with this `Authorization` header: the status and the `WWW-Authenticate`.
+async fn authorized(f: &Fixture, uri: &str, authorization: &str) -> (StatusCode, Option<String>) {
+    let request = Request::get(uri)
+        .header("authorization", authorization)
+        .body(Body::empty())
+        .unwrap();
+    let (status, headers, _) = raw(f, request).await;
+    let challenge = headers
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (status, challenge)
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive_and_segments_basic_auth_works() {
+    use base64::Engine as _;
+    let basic = |credentials: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(credentials)
+        )
+    };
+    let f = fixture(&["k1"]).await;
+    for good in [
+        "bearer k1",
+        "BEARER k1",
+        "Bearer   k1",
+        &basic("k1:"),
+        &format!("basic {}", &basic("k1:")[6..]),
+    ] {
+        let (status, _) = authorized(&f, "/v1/journeys", good).await;
+        assert_eq!(status, StatusCode::OK, "{good}");
+    }
+    for bad in [
+        "Bearer k2",
+        &basic("k2:"),
+        &basic("k1:secret"),
+        "Basic !!!",
+        "Token k1",
+        "bearerk1",
+    ] {
+        let (status, challenge) = authorized(&f, "/v1/journeys", bad).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{bad}");
+        assert!(challenge.unwrap().contains("Basic"), "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn an_event_without_timestamp_is_dated_as_segment_dates_it() {
+    let f = fixture(&[]).await;
+    let at = |profile: &Value, name: &str| -> chrono::DateTime<chrono::Utc> {
+        event(profile, name).unwrap()["timestamp"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    // The sender's clock is 10 s ahead of the time it sent at: the event happened 10 s
+    // before it was received, whatever the sender's clock says.
+    let before = f.daemon.clock.now();
+    let skewed = r#"{"userId": "ann", "event": "skewed", "originalTimestamp": "2031-05-01T10:00:00Z",
+                     "sentAt": "2031-05-01T10:00:10Z"}"#;
+    let (status, answer) = call(&f, "POST", "/v1/track", Some(skewed)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let after = f.daemon.clock.now();
+    let batch = r#"{"sentAt": "2031-05-01T10:01:00Z", "batch": [
+        {"type": "track", "userId": "ann", "event": "batched", "originalTimestamp": "2031-05-01T10:00:00Z"}]}"#;
+    let (status, answer) = call(&f, "POST", "/v1/batch", Some(batch)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let after_batch = f.daemon.clock.now();
+    let alone =
+        r#"{"userId": "ann", "event": "alone", "originalTimestamp": "2024-02-03T04:05:06Z"}"#;
+    call(&f, "POST", "/v1/track", Some(alone)).await;
+    let given = r#"{"userId": "ann", "event": "given", "timestamp": "2024-01-01T00:00:00Z",
+                    "originalTimestamp": "2031-05-01T10:00:00Z", "sentAt": "2031-05-01T10:00:10Z"}"#;
+    call(&f, "POST", "/v1/track", Some(given)).await;
+    settle(&f).await;
+
+    let (_, profile) = call(&f, "GET", "/v1/profiles/ann", None).await;
+    let ten = chrono::TimeDelta::seconds(10);
+    let skewed = at(&profile, "skewed");
+    assert!(before - ten <= skewed && skewed <= after - ten, "{profile}");
+    let batched = at(&profile, "batched");
+    let minute = chrono::TimeDelta::minutes(1);
+    assert!(
+        after - minute <= batched && batched <= after_batch - minute,
+        "{profile}"
+    );
+    assert_eq!(
+        at(&profile, "alone").to_rfc3339(),
+        "2024-02-03T04:05:06+00:00"
+    );
+    assert_eq!(
+        at(&profile, "given").to_rfc3339(),
+        "2024-01-01T00:00:00+00:00"
+    );
+
+    let cases = [
+        (
+            "/v1/track",
+            r#"{"userId": "a", "event": "x", "originalTimestamp": 5}"#,
+            "originalTimestamp",
+        ),
+        (
+            "/v1/track",
+            r#"{"userId": "a", "event": "x", "originalTimestamp": "2031-05-01T10:00:00Z", "sentAt": "soon"}"#,
+            "sentAt",
+        ),
+        ("/v1/batch", r#"{"sentAt": "later", "batch": []}"#, "sentAt"),
+        (
+            "/v1/batch",
+            r#"{"batch": [{"type": "track", "userId": "a", "event": "x", "originalTimestamp": "x"}]}"#,
+            "batch[0].originalTimestamp",
+        ),
+    ];
+    for (uri, body, field) in cases {
+        let (status, answer) = call(&f, "POST", uri, Some(body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {answer}");
+        assert_eq!(answer["field"], field, "{body}: {answer}");
+    }
+}
+
+#[tokio::test]
+async fn every_refusal_is_json() {
+    let f = fixture(&[]).await;
+    let requests = [
+        Request::get("/v1/profiles/%FF")
+            .body(Body::empty())
+            .unwrap(),
+        Request::get("/v1/journeys/%FF")
+            .body(Body::empty())
+            .unwrap(),
+        Request::post("/v1/journeys/%FF/enroll")
+            .body(Body::from(r#"{"userId": "a"}"#))
+            .unwrap(),
+        Request::post("/v1/channels/%FF/status")
+            .body(Body::empty())
+            .unwrap(),
+        Request::get("/l/open/%FF").body(Body::empty()).unwrap(),
+        Request::get("/v1/nowhere").body(Body::empty()).unwrap(),
+        Request::delete("/v1/track").body(Body::empty()).unwrap(),
+    ];
+    for request in requests {
+        let what = format!("{} {}", request.method(), request.uri());
+        let (status, headers, body) = raw(&f, request).await;
+        assert!(status.is_client_error(), "{what}: {status}");
+        assert_eq!(
+            headers["content-type"], "application/json",
+            "{what}: {body}"
+        );
+        let body: Value = serde_json::from_str(&body).unwrap();
+        assert!(body["error"].is_string(), "{what}: {body}");
+    }
+    let (status, answer) = call(&f, "GET", "/v1/profiles/%FF", None).await;
+    assert_eq!(
+        (status, answer["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("id"))
+    );
+    // The method refusal still says which methods would do.
+    let (_, headers, _) = raw(
+        &f,
+        Request::delete("/v1/track").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(headers["allow"], "POST");
+}
+
+#[tokio::test]
+async fn a_journey_shows_its_definition_versions_and_holdout() {
+    let f = fixture(&[]).await;
+    call(
+        &f,
+        "POST",
+        "/v1/track",
+        Some(r#"{"userId": "ann", "event": "signed_up"}"#),
+    )
+    .await;
+    settle(&f).await;
+    let (status, welcome) = call(&f, "GET", "/v1/journeys/welcome", None).await;
+    assert_eq!(status, StatusCode::OK, "{welcome}");
+    assert_eq!(welcome["file"], "welcome.yaml");
+    assert_eq!(welcome["definition"]["trigger"]["event"], "signed_up");
+    assert_eq!(welcome["definition"]["steps"]["hello"]["template"], "hello");
+    let versions = welcome["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 1, "{welcome}");
+    assert_eq!(versions[0]["version"], welcome["version"]);
+    assert_eq!(versions[0]["current"], true);
+    assert_eq!(welcome["holdout"]["percent"], 0);
+    assert_eq!(welcome["outcomes"]["completed"], 1);
+}
