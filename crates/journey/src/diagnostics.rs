@@ -193,6 +193,8 @@ pub mod codes {
     pub const IO: &str = "E0025";
     pub const UNREACHABLE_STEP: &str = "W0001";
     pub const NEXT_IGNORED: &str = "W0002";
+    /// Found by the daemon, which alone knows its config: `D` codes.
+    pub const UNKNOWN_CHANNEL: &str = "D0001";
 
     /// Every code with its short name and what it means.
     pub const ALL: &[(&str, &str, &str)] = &[
@@ -314,6 +316,11 @@ pub mod codes {
             NEXT_IGNORED,
             "next-ignored",
             "an `exit` step ends the journey, so its `next` is never followed",
+        ),
+        (
+            UNKNOWN_CHANNEL,
+            "unknown-channel",
+            "a send can reach a channel the daemon config does not define",
         ),
     ];
 

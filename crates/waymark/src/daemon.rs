@@ -919,10 +919,6 @@ pub(crate) fn unreachable_traits(traits: &Map<String, Value>, channel: &str) -> 
     out
 }
 
-/// The diagnostic code for a send on a channel the daemon config lacks (`D` for the
-/// daemon: the journey language's own codes are `E`/`W`).
-pub const UNKNOWN_CHANNEL: &str = "D0001";
-
 /// Refuses a workspace that does not fit the daemon's channels, with every problem:
 ///
 /// - a send, or its `fallback`, on a channel the config does not define;
@@ -971,7 +967,7 @@ pub fn check_channels(
             for name in named.into_iter().chain(&send.fallback) {
                 if !channels.is_known(name) {
                     error(
-                        UNKNOWN_CHANNEL,
+                        codes::UNKNOWN_CHANNEL,
                         format!(
                             "step `{}` sends on channel `{name}`, which `channels` in the daemon config does not define",
                             step.id
@@ -986,7 +982,7 @@ pub fn check_channels(
             for name in order.iter().filter(|c| seen.insert(c.as_str())) {
                 if !channels.is_known(name) {
                     error(
-                        UNKNOWN_CHANNEL,
+                        codes::UNKNOWN_CHANNEL,
                         format!(
                             "step `{}` sends on `preferred`, which may use channel `{name}` of {whose} ({listed}), but the daemon config's `channels` does not define it: define it, or take it out of `policy.channels`",
                             step.id
@@ -1197,7 +1193,10 @@ mod tests {
             rendered.contains("4 |   remind: {send: preferred"),
             "{rendered}"
         );
-        assert!(rendered.contains("= D0001"), "{rendered}");
+        assert!(
+            rendered.contains("D0001") && rendered.contains("unknown-channel"),
+            "{rendered}"
+        );
 
         // Configured, but the template has no part for it.
         let problems =
