@@ -389,9 +389,12 @@ pub trait Store: Send + Sync + 'static {
     /// `(journey, version)` of every active enrollment, deduplicated.
     async fn active_versions(&self) -> Result<Vec<(String, String)>>;
 
-    /// Active enrollments per `(journey, step index)`, and ended ones per
-    /// `(journey, outcome)`, for the journeys API.
+    /// The journey's enrollments counted for the journeys API: see [`JourneyCounts`].
     async fn journey_counts(&self, journey: &str) -> Result<JourneyCounts>;
+
+    /// Every version of the journey recorded by [`Store::record_journey_version`], the
+    /// latest loaded first.
+    async fn journey_versions(&self, journey: &str) -> Result<Vec<JourneyVersion>>;
 
     /// Ids of stored profiles not merged away, in id order, after `after`.
     async fn customer_ids(&self, after: &str, limit: u32) -> Result<Vec<String>>;
@@ -407,13 +410,29 @@ pub trait Store: Send + Sync + 'static {
     async fn depths(&self) -> Result<Depths>;
 }
 
-/// Per-journey counts for the journeys API.
+/// Per-journey counts for the journeys API. `active` and `outcomes` count every
+/// enrollment; `variants`, `treated` and `control` keep the holdout group apart, so that
+/// its conversion can be compared with the rest.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JourneyCounts {
-    /// `(version, step index) -> active enrollments`.
+    /// `(version, step index) -> active enrollments`, the holdout group's included.
     pub active: BTreeMap<(String, usize), u64>,
-    /// `outcome -> ended enrollments`.
+    /// `outcome -> ended enrollments`, the holdout group's included.
     pub outcomes: BTreeMap<String, u64>,
-    /// `(variant, outcome or "active") -> enrollments`.
+    /// `(variant, outcome or "active") -> enrollments` outside the holdout group.
     pub variants: BTreeMap<(String, String), u64>,
+    /// `outcome or "active" -> enrollments` outside the holdout group, whatever their
+    /// variant (none before a split, or in a journey without one).
+    pub treated: BTreeMap<String, u64>,
+    /// `outcome or "active" -> enrollments` in the holdout (control) group, whatever
+    /// their variant.
+    pub control: BTreeMap<String, u64>,
+}
+
+/// A recorded version of a journey.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JourneyVersion {
+    pub version: String,
+    /// When a daemon first loaded it.
+    pub loaded_at: DateTime<Utc>,
 }

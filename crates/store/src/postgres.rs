@@ -51,7 +51,8 @@ use crate::codec::{MAX_ALIAS_HOPS, json_text, nanos};
 use crate::tables::Columns as _;
 use crate::{
     Commit, Customer, DEDUP_WINDOW, Depths, DueTimer, Error, Ingested, JourneyCounts,
-    LoggedMessage, NewEvent, OutboxMessage, Result, SentRef, Store, StoredEvent, tables,
+    JourneyVersion, LoggedMessage, NewEvent, OutboxMessage, Result, SentRef, Store, StoredEvent,
+    tables,
 };
 
 /// The store many daemons share.
@@ -587,6 +588,13 @@ impl Store for PostgresStore {
             .fetch_all(&self.pool)
             .await?;
         tables::journey_counts(&rows)
+    }
+
+    async fn journey_versions(&self, journey: &str) -> Result<Vec<JourneyVersion>> {
+        let rows = tables::journey_versions(journey)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(tables::journey_version).collect()
     }
 
     async fn customer_ids(&self, after: &str, limit: u32) -> Result<Vec<String>> {

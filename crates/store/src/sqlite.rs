@@ -25,7 +25,8 @@ use crate::codec::{MAX_ALIAS_HOPS, json_text, nanos};
 use crate::tables::Columns as _;
 use crate::{
     Commit, Customer, DEDUP_WINDOW, Depths, DueTimer, Error, Ingested, JourneyCounts,
-    LoggedMessage, NewEvent, OutboxMessage, Result, SentRef, Store, StoredEvent, tables,
+    JourneyVersion, LoggedMessage, NewEvent, OutboxMessage, Result, SentRef, Store, StoredEvent,
+    tables,
 };
 
 mod batch;
@@ -627,6 +628,13 @@ impl Store for SqliteStore {
             .fetch_all(&self.reader)
             .await?;
         tables::journey_counts(&rows)
+    }
+
+    async fn journey_versions(&self, journey: &str) -> Result<Vec<JourneyVersion>> {
+        let rows = tables::journey_versions(journey)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(tables::journey_version).collect()
     }
 
     async fn customer_ids(&self, after: &str, limit: u32) -> Result<Vec<String>> {

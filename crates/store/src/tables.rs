@@ -22,8 +22,8 @@ use crate::codec::{
     bools, count, instant, json_text, nanos, object, send_outcome, status, status_text, strings,
 };
 use crate::{
-    Customer, DEDUP_WINDOW, Depths, DueTimer, JourneyCounts, LoggedMessage, NewEvent,
-    OutboxMessage, Result, SentRef, StoredEvent,
+    Customer, DEDUP_WINDOW, Depths, DueTimer, JourneyCounts, JourneyVersion, LoggedMessage,
+    NewEvent, OutboxMessage, Result, SentRef, StoredEvent,
 };
 
 /// A result row of either backend, read by column name. Flags are `BOOLEAN` in PostgreSQL
@@ -489,17 +489,36 @@ pub(crate) fn active_version(row: &impl Columns) -> Result<(String, String)> {
     Ok((row.text("journey")?, row.text("version")?))
 }
 
-/// A journey's enrollments, counted by version, step, status and variant; read with
-/// [`journey_counts`].
+/// A journey's enrollments, counted by version, step, status, variant and holdout group;
+/// read with [`journey_counts`].
 pub(crate) fn count_enrollments<DB: Database>(journey: &str) -> Statement<DB>
 where
     Statement<DB>: Params,
 {
     sqlx::query(
-        "SELECT version, step, status, variant, COUNT(*) AS n FROM enrollments
-         WHERE journey = $1 GROUP BY version, step, status, variant",
+        "SELECT version, step, status, variant, control, COUNT(*) AS n FROM enrollments
+         WHERE journey = $1 GROUP BY version, step, status, variant, control",
     )
     .text(journey)
+}
+
+/// A journey's recorded versions, the latest loaded first; read with [`journey_version`].
+pub(crate) fn journey_versions<DB: Database>(journey: &str) -> Statement<DB>
+where
+    Statement<DB>: Params,
+{
+    sqlx::query(
+        "SELECT version, loaded_at FROM journey_versions WHERE journey = $1
+         ORDER BY loaded_at DESC, version",
+    )
+    .text(journey)
+}
+
+pub(crate) fn journey_version(row: &impl Columns) -> Result<JourneyVersion> {
+    Ok(JourneyVersion {
+        version: row.text("version")?,
+        loaded_at: instant(row.int("loaded_at")?),
+    })
 }
 
 /// The `id`s of stored customers (not merged away) after `after`, in order.
@@ -608,7 +627,7 @@ pub(crate) fn sent_ref(row: &impl Columns) -> Result<SentRef> {
 }
 
 /// A journey's counts from its enrollments grouped as `version, step, status, variant,
-/// COUNT(*) AS n`.
+/// control, COUNT(*) AS n`.
 pub(crate) fn journey_counts(rows: &[impl Columns]) -> Result<JourneyCounts> {
     let mut counts = JourneyCounts::default();
     for row in rows {
@@ -623,8 +642,13 @@ pub(crate) fn journey_counts(rows: &[impl Columns]) -> Result<JourneyCounts> {
         } else {
             *counts.outcomes.entry(status.clone()).or_default() += n;
         }
-        if let Some(variant) = row.opt_text("variant")? {
-            *counts.variants.entry((variant, status)).or_default() += n;
+        if row.flag("control")? {
+            *counts.control.entry(status).or_default() += n;
+        } else {
+            *counts.treated.entry(status.clone()).or_default() += n;
+            if let Some(variant) = row.opt_text("variant")? {
+                *counts.variants.entry((variant, status)).or_default() += n;
+            }
         }
     }
     Ok(counts)

@@ -9,6 +9,7 @@
 //! an error, so typos don't pass silently. Every 4xx, including axum's own refusals, is
 //! the JSON of [`ApiError`].
 
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -675,7 +676,8 @@ async fn journeys(State(daemon): State<Arc<Daemon>>) -> Result<Json<Value>, ApiE
 }
 
 /// `GET /v1/journeys/{id}`: the journey as written, its versions, customers per step,
-/// outcomes, and conversion per variant, with the holdout group apart.
+/// outcomes, and conversion per variant, with the holdout (control) group apart and, in a
+/// journey without a split, the treated group as a whole to compare it with.
 async fn journey(
     State(daemon): State<Arc<Daemon>>,
     PathParam(id): PathParam,
@@ -703,41 +705,26 @@ async fn journey(
             json!({"id": step.id, "kind": step.kind.name(), "stage": step.stage, "active": active})
         })
         .collect();
-    // The current version first, then the older ones customers are still on.
-    let mut versions = vec![json!({
-        "version": journey.version,
-        "current": true,
-        "active": active_on(&counts, &journey.version),
-    })];
-    let mut older: Vec<&String> = counts
-        .active
-        .keys()
-        .map(|(v, _)| v)
-        .filter(|v| **v != journey.version)
-        .collect();
-    older.dedup();
-    versions.extend(
-        older
-            .into_iter()
-            .map(|v| json!({"version": v, "current": false, "active": active_on(&counts, v)})),
+    let versions = versions(
+        &journey.version,
+        &daemon.store.journey_versions(&id).await?,
+        &counts,
     );
-    let mut variants = Map::new();
+    let mut by_variant: BTreeMap<&str, Vec<(&str, u64)>> = BTreeMap::new();
     for ((variant, status), n) in &counts.variants {
-        let entry = variants
-            .entry(variant.clone())
-            .or_insert_with(|| json!({"entered": 0, "converted": 0}));
-        entry["entered"] = json!(entry["entered"].as_u64().unwrap_or(0) + n);
-        if status == "converted" {
-            entry["converted"] = json!(n);
-        }
+        by_variant
+            .entry(variant)
+            .or_default()
+            .push((status.as_str(), *n));
     }
-    for entry in variants.values_mut() {
-        let entered = entry["entered"].as_u64().unwrap_or(0);
-        let converted = entry["converted"].as_u64().unwrap_or(0);
-        entry["conversion"] = json!(conversion(converted, entered));
-    }
+    let variants: Map<String, Value> = by_variant
+        .into_iter()
+        .map(|(variant, statuses)| (variant.to_owned(), group(statuses)))
+        .collect();
+    let mut holdout = group(counts.control.iter().map(|(s, n)| (s.as_str(), *n)));
+    holdout["percent"] = json!(journey.holdout);
     let (file, definition) = definition(&daemon, &journey, &root).await;
-    Ok(Json(json!({
+    let mut answer = json!({
         "id": journey.id,
         "name": journey.name,
         "description": journey.description,
@@ -749,8 +736,64 @@ async fn journey(
         "steps": steps,
         "outcomes": counts.outcomes,
         "variants": variants,
-        "holdout": {"percent": journey.holdout},
-    })))
+        "holdout": holdout,
+    });
+    // Without a split, the treated group as a whole is what the holdout compares with.
+    let split = journey
+        .steps
+        .iter()
+        .any(|step| matches!(step.kind, waymark_journey::StepKind::Split { .. }));
+    if !split {
+        answer["treated"] = group(counts.treated.iter().map(|(s, n)| (s.as_str(), *n)));
+    }
+    Ok(Json(answer))
+}
+
+/// Every version of the journey: the current one first, then the others recorded, the
+/// latest loaded first, then any that customers are on but that were never recorded
+/// (`loaded_at` null); each with its active customers.
+fn versions(
+    current: &str,
+    recorded: &[waymark_store::JourneyVersion],
+    counts: &waymark_store::JourneyCounts,
+) -> Vec<Value> {
+    let mut names: Vec<&str> = vec![current];
+    names.extend(recorded.iter().map(|v| v.version.as_str()));
+    names.extend(counts.active.keys().map(|(v, _)| v.as_str()));
+    let mut seen = HashSet::new();
+    names
+        .into_iter()
+        .filter(|name| seen.insert(*name))
+        .map(|name| {
+            let loaded_at = recorded
+                .iter()
+                .find(|v| v.version == name)
+                .map(|v| v.loaded_at);
+            json!({
+                "version": name,
+                "current": name == current,
+                "loaded_at": loaded_at,
+                "active": active_on(counts, name),
+            })
+        })
+        .collect()
+}
+
+/// `entered`, `converted` and `conversion` of a group of enrollments, from its counts by
+/// status (`active` or an outcome).
+fn group<'a>(by_status: impl IntoIterator<Item = (&'a str, u64)>) -> Value {
+    let (mut entered, mut converted) = (0, 0);
+    for (status, n) in by_status {
+        entered += n;
+        if status == "converted" {
+            converted += n;
+        }
+    }
+    json!({
+        "entered": entered,
+        "converted": converted,
+        "conversion": conversion(converted, entered),
+    })
 }
 
 fn active_on(counts: &waymark_store::JourneyCounts, version: &str) -> u64 {

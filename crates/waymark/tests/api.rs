@@ -770,6 +770,135 @@ async fn a_journey_shows_its_definition_versions_and_holdout() {
     assert_eq!(versions.len(), 1, "{welcome}");
     assert_eq!(versions[0]["version"], welcome["version"]);
     assert_eq!(versions[0]["current"], true);
-    assert_eq!(welcome["holdout"]["percent"], 0);
     assert_eq!(welcome["outcomes"]["completed"], 1);
+    // No holdout and no split: everyone is treated, and the treated group is shown whole.
+    assert_eq!(
+        welcome["holdout"],
+        json!({"percent": 0, "entered": 0, "converted": 0, "conversion": 0.0})
+    );
+    assert_eq!(
+        welcome["treated"],
+        json!({"entered": 1, "converted": 0, "conversion": 0.0})
+    );
+    assert_eq!(welcome["variants"], json!({}));
+}
+
+const PROMO: &str = "
+id: promo
+trigger:
+  event: promo_seen
+goal:
+  event: purchased
+holdout: 50
+steps:
+  pick:
+    split:
+      - {variant: a, weight: 1, goto: offer_a}
+      - {variant: b, weight: 1, goto: offer_b}
+  offer_a:
+    send: email
+    template: hello
+    next: linger
+  offer_b:
+    send: email
+    template: hello
+    next: linger
+  linger:
+    wait: 7d
+";
+
+/// `entered`, `converted` and `conversion` as the journey detail answers them.
+fn figures(entered: u64, converted: u64) -> Value {
+    json!({
+        "entered": entered,
+        "converted": converted,
+        "conversion": converted as f64 / entered as f64,
+    })
+}
+
+#[tokio::test]
+async fn a_journey_shows_its_holdout_group_apart_from_its_variants_and_every_version() {
+    let f = fixture(&[]).await;
+    let root = f.daemon.config.journeys.clone();
+    write(&root, "promo.yaml", PROMO);
+    let (status, answer) = call(&f, "POST", "/v1/reload", None).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let customers: Vec<String> = (0..20).map(|i| format!("c{i:02}")).collect();
+    for id in &customers {
+        let body = format!(r#"{{"userId": "{id}", "event": "promo_seen"}}"#);
+        call(&f, "POST", "/v1/track", Some(&body)).await;
+    }
+    settle(&f).await;
+    // Every other customer buys: the goal converts them.
+    for id in customers.iter().step_by(2) {
+        let body = format!(r#"{{"userId": "{id}", "event": "purchased"}}"#);
+        call(&f, "POST", "/v1/track", Some(&body)).await;
+    }
+    settle(&f).await;
+
+    // (entered, converted) per group, as the profiles tell each customer's group.
+    let mut expected: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    for (i, id) in customers.iter().enumerate() {
+        let (_, profile) = call(&f, "GET", &format!("/v1/profiles/{id}"), None).await;
+        let enrollment = &profile["enrollments"][0];
+        assert_eq!(enrollment["journey"], "promo", "{profile}");
+        let group = if enrollment["control"] == true {
+            "control".to_owned()
+        } else {
+            enrollment["variant"].as_str().unwrap().to_owned()
+        };
+        let figures = expected.entry(group).or_default();
+        figures.0 += 1;
+        figures.1 += u64::from(i % 2 == 0);
+    }
+    let control = expected.remove("control").unwrap();
+    assert!(
+        control.1 > 0 && expected.values().all(|v| v.1 > 0),
+        "{expected:?}"
+    );
+
+    let (status, promo) = call(&f, "GET", "/v1/journeys/promo", None).await;
+    assert_eq!(status, StatusCode::OK, "{promo}");
+    let mut holdout = figures(control.0, control.1);
+    holdout["percent"] = json!(50);
+    assert_eq!(promo["holdout"], holdout);
+    let variants: serde_json::Map<String, Value> = expected
+        .iter()
+        .map(|(variant, &(entered, converted))| (variant.clone(), figures(entered, converted)))
+        .collect();
+    assert_eq!(promo["variants"], Value::Object(variants), "{promo}");
+    // With a split the variants are what the holdout compares with.
+    assert!(promo.get("treated").is_none(), "{promo}");
+    // Steps and outcomes count everyone, the control group included.
+    assert_eq!(promo["outcomes"], json!({"converted": 10}));
+    let linger = &promo["steps"][3];
+    assert_eq!(
+        (&linger["id"], &linger["active"]),
+        (&json!("linger"), &json!(10))
+    );
+
+    // An edit makes a new version; customers stay on theirs, which is still listed.
+    let first = promo["version"].clone();
+    write(&root, "promo.yaml", &PROMO.replace("7d", "8d"));
+    let (status, answer) = call(&f, "POST", "/v1/reload", None).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let (_, promo) = call(&f, "GET", "/v1/journeys/promo", None).await;
+    assert_ne!(promo["version"], first);
+    let versions = promo["versions"].as_array().unwrap();
+    let listed: Vec<(&Value, &Value, &Value)> = versions
+        .iter()
+        .map(|v| (&v["version"], &v["current"], &v["active"]))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (&promo["version"], &json!(true), &json!(0)),
+            (&first, &json!(false), &json!(10)),
+        ],
+        "{promo}"
+    );
+    assert!(
+        versions.iter().all(|v| v["loaded_at"].is_string()),
+        "{promo}"
+    );
 }

@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use serde_json::{Map, Value, json};
-use waymark_journey::Policy;
-use waymark_scheduler::{ConventionalChannels, Effect, Engine, Event, SendOutcome};
-use waymark_store::{Commit, Customer, Error, Ingested, NewEvent, Store};
+use waymark_journey::{Outcome, Policy};
+use waymark_scheduler::{ConventionalChannels, Effect, Engine, Event, SendOutcome, Status};
+use waymark_store::{Commit, Customer, Error, Ingested, JourneyVersion, NewEvent, Store};
 
 /// One `#[tokio::test]` per contract test, for the backend that `$run` opens: `$run`
 /// takes a test body, hands it a [`Fixture`] on a fresh store and cleans up afterwards.
@@ -25,6 +25,8 @@ macro_rules! suite {
             an_alias_redirects_the_old_id_and_joins_its_history,
             the_outbox_leases_retries_and_records_failures,
             journey_versions_counts_and_schedule_ticks_are_kept,
+            journey_counts_keep_the_holdout_group_apart,
+            every_recorded_journey_version_is_listed,
             a_receipt_finds_its_message_by_provider_id_or_address,
             a_setting_keeps_its_first_value,
             a_batch_of_commits_keeps_every_commit_but_the_refused_ones,
@@ -491,6 +493,131 @@ pub async fn journey_versions_counts_and_schedule_ticks_are_kept(f: Fixture) {
     let next = t0() + TimeDelta::days(1);
     f.store.set_schedule_tick("digest", next).await.unwrap();
     assert_eq!(f.store.schedule_tick("digest").await.unwrap(), Some(next));
+}
+
+/// Variants and the treated group count only the customers outside the holdout group; the
+/// control group is counted apart, by status, whatever its variant. Steps and outcomes
+/// count everyone.
+pub async fn journey_counts_keep_the_holdout_group_apart(f: Fixture) {
+    let ended = |outcome| Status::Ended { outcome, at: t0() };
+    let customers = [
+        ("ann", Some("a"), false, Status::Active),
+        ("bob", Some("a"), false, ended(Outcome::Converted)),
+        ("cy", Some("b"), false, ended(Outcome::Exited)),
+        ("dan", None, false, ended(Outcome::Converted)),
+        ("eve", Some("a"), true, ended(Outcome::Converted)),
+        ("fay", Some("b"), true, Status::Active),
+        ("gus", None, true, ended(Outcome::Completed)),
+    ];
+    for (id, variant, control, status) in customers {
+        identify(&f, id).await;
+        // The group is fixed when the enrollment is first stored.
+        let (mut customer, effects, seq) = handle(&f, id, "signed_up", t0()).await;
+        let enrollment = &mut customer.state.enrollments[0];
+        enrollment.variant = variant.map(str::to_owned);
+        enrollment.control = control;
+        enrollment.status = status;
+        if status != Status::Active {
+            enrollment.wake = None;
+        }
+        f.store
+            .commit(Commit {
+                effects: &effects,
+                event: Some(seq),
+                ..commit(&customer)
+            })
+            .await
+            .unwrap();
+    }
+    let version = f
+        .store
+        .load_customer("ann")
+        .await
+        .unwrap()
+        .state
+        .enrollments[0]
+        .version
+        .clone();
+
+    let counts = f.store.journey_counts("welcome").await.unwrap();
+    let owned = |pairs: &[(&str, &str, u64)]| {
+        pairs
+            .iter()
+            .map(|&(v, s, n)| ((v.to_owned(), s.to_owned()), n))
+            .collect::<BTreeMap<_, _>>()
+    };
+    assert_eq!(
+        counts.variants,
+        owned(&[
+            ("a", "active", 1),
+            ("a", "converted", 1),
+            ("b", "exited", 1)
+        ])
+    );
+    let by_status = |pairs: &[(&str, u64)]| {
+        pairs
+            .iter()
+            .map(|&(s, n)| (s.to_owned(), n))
+            .collect::<BTreeMap<_, _>>()
+    };
+    assert_eq!(
+        counts.treated,
+        by_status(&[("active", 1), ("converted", 2), ("exited", 1)])
+    );
+    assert_eq!(
+        counts.control,
+        by_status(&[("active", 1), ("completed", 1), ("converted", 1)])
+    );
+    assert_eq!(counts.active, BTreeMap::from([((version, 1), 2)]));
+    assert_eq!(
+        counts.outcomes,
+        by_status(&[("completed", 1), ("converted", 3), ("exited", 1)])
+    );
+    assert_eq!(
+        f.store.journey_counts("nope").await.unwrap(),
+        Default::default()
+    );
+}
+
+/// Every version recorded for a journey, the latest loaded first, whether or not anyone
+/// is on it; other journeys' versions are not.
+pub async fn every_recorded_journey_version_is_listed(f: Fixture) {
+    assert!(
+        f.store
+            .journey_versions("welcome")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let files = BTreeMap::from([("welcome.yaml".to_owned(), WELCOME.to_owned())]);
+    let loads = [
+        ("welcome", "v1", t0()),
+        ("welcome", "v2", t0() + TimeDelta::hours(1)),
+        ("other", "v9", t0() + TimeDelta::hours(2)),
+        // Loaded again: the first load's time stays.
+        ("welcome", "v1", t0() + TimeDelta::hours(3)),
+    ];
+    for (journey, version, at) in loads {
+        f.store
+            .record_journey_version(journey, version, &files, at)
+            .await
+            .unwrap();
+    }
+    let version = |version: &str, loaded_at| JourneyVersion {
+        version: version.to_owned(),
+        loaded_at,
+    };
+    assert_eq!(
+        f.store.journey_versions("welcome").await.unwrap(),
+        [
+            version("v2", t0() + TimeDelta::hours(1)),
+            version("v1", t0())
+        ]
+    );
+    assert_eq!(
+        f.store.journey_versions("other").await.unwrap(),
+        [version("v9", t0() + TimeDelta::hours(2))]
+    );
 }
 
 pub async fn a_receipt_finds_its_message_by_provider_id_or_address(f: Fixture) {
