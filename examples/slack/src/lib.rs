@@ -1,5 +1,6 @@
 //! A `slack` channel kind for Waymark, written the way any third-party adapter is: a crate
-//! that depends on `waymark-channel` only, implements [`ChannelKind`] and [`Channel`], and is
+//! whose adapter depends on `waymark-channel` (and `waymark-channel-http`, the reqwest
+//! helpers HTTP adapters share) only, implements [`ChannelKind`] and [`Channel`], and is
 //! registered in one line (see `src/main.rs`).
 //!
 //! Each message is posted to a Slack [incoming webhook], which is bound to one Slack
