@@ -264,7 +264,7 @@ pub fn sample_message(channel: &str, address: Option<&str>) -> OutboundMessage {
         template: "cart_reminder".to_owned(),
         links: BTreeMap::from([(
             "unsubscribe_url".to_owned(),
-            "http://127.0.0.1:8080/v1/unsubscribe/token".to_owned(),
+            "http://127.0.0.1:8080/l/unsubscribe/token".to_owned(),
         )]),
     }
 }

@@ -409,7 +409,14 @@ fn show_message(r: &Record<'_>, start: DateTime<Utc>) -> (DateTime<Utc>, String)
         .or_else(|| m.content.get("body"))
         .or_else(|| m.content.get("html"))
     {
-        let short: String = body.trim().chars().take(60).collect();
+        // One line per message: the body's own line breaks would break the timeline.
+        let short: String = body
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .chars()
+            .take(60)
+            .collect();
         text.push_str(&format!("  \"{short}\""));
     }
     (m.at, text)

@@ -12,7 +12,7 @@ use waymark_scheduler::{ChannelDirectory, Engine, SystemClock};
 use waymark_store::{PostgresStore, SqliteStore, Store};
 
 use crate::channels::Channels;
-use crate::config::{Config, DEFAULT_CONFIG, Listen};
+use crate::config::{Config, ConfigError, DEFAULT_CONFIG, Listen};
 use crate::daemon::{self, Daemon};
 use crate::dispatch;
 
@@ -128,7 +128,11 @@ async fn serve(args: ServeArgs, registry: Registry) -> anyhow::Result<ExitCode> 
         .listen
         .resolve()
         .await
-        .with_context(|| format!("config {}", path.display()))?;
+        .map_err(|e| ConfigError {
+            file: config.source.clone(),
+            ..e
+        })
+        .context("config")?;
     config.check_exposure(&addrs).context("config")?;
     if config.defaults {
         tracing::info!(
@@ -151,7 +155,7 @@ async fn serve(args: ServeArgs, registry: Registry) -> anyhow::Result<ExitCode> 
 
     let channels = Arc::new(
         Channels::build(&registry, &config.channels, config.defaults)
-            .with_context(|| format!("config {}", path.display()))?,
+            .with_context(|| format!("config: {}", path.display()))?,
     );
     let workspace = match waymark_journey::load(&config.journeys) {
         Ok((workspace, warnings)) => {

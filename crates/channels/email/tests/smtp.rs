@@ -98,7 +98,7 @@ async fn delivers_multipart_mail_with_a_stable_message_id_and_one_click_unsubscr
 
     assert_eq!(
         mail.raw_header("List-Unsubscribe").as_deref(),
-        Some("List-Unsubscribe: <http://127.0.0.1:8080/v1/unsubscribe/token>")
+        Some("List-Unsubscribe: <http://127.0.0.1:8080/l/unsubscribe/token>")
     );
     assert_eq!(
         mail.raw_header("List-Unsubscribe-Post").as_deref(),
