@@ -44,6 +44,10 @@ pub enum Error {
     /// The inbox event was handled already (by another task or replica): drop the input.
     #[error("event {0} was handled already")]
     Handled(i64),
+    /// The input's `messageId` was committed already within the dedup window: it was
+    /// applied then, so drop it.
+    #[error("message `{0}` was applied already")]
+    Repeated(String),
     /// The database could not be reached or refused the operation: retry later.
     #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
@@ -122,6 +126,10 @@ pub struct Commit<'a> {
     /// back; a caller that dies leaves them to be claimed once the claim runs out. `None`
     /// writes them due at once, for whichever dispatcher claims them.
     pub claim_until: Option<DateTime<Utc>>,
+    /// The caller's id for this input (an API enrollment's `messageId`), kept with the
+    /// `messageId`s of events: a commit whose id was kept within [`DEDUP_WINDOW`] is
+    /// refused with [`Error::Repeated`], so that a retried request applies once.
+    pub message_id: Option<&'a str>,
 }
 
 /// An event to accept.

@@ -291,6 +291,14 @@ async fn write_commit(tx: &mut Transaction<'static, Postgres>, commit: Commit<'_
             return Err(Error::Handled(seq));
         }
     }
+    if let Some(id) = commit.message_id
+        && tables::keep_message_id(id, commit.now)
+            .fetch_optional(&mut **tx)
+            .await?
+            .is_none()
+    {
+        return Err(Error::Repeated(id.to_owned()));
+    }
     let now = nanos(commit.now);
     // Existing rows have revision >= 1, so a new customer's commit (revision 0) that
     // finds the row already there updates nothing, like a stale one.

@@ -177,6 +177,14 @@ async fn write_commit(tx: &mut SqliteConnection, commit: Commit<'_>) -> Result<(
             return Err(Error::Handled(seq));
         }
     }
+    if let Some(id) = commit.message_id
+        && tables::keep_message_id(id, commit.now)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_none()
+    {
+        return Err(Error::Repeated(id.to_owned()));
+    }
     let now = nanos(commit.now);
     let saved = if commit.revision == 0 {
         sqlx::query(

@@ -426,6 +426,23 @@ pub(crate) fn expired_outcome() -> (&'static str, &'static str) {
     (outcome, reason.unwrap_or_default())
 }
 
+/// Keeps `message_id` as seen at `now`, unless it was seen within the dedup window:
+/// returns a row only when it was kept (a repeat returns none).
+pub(crate) fn keep_message_id<DB: Database>(message_id: &str, now: DateTime<Utc>) -> Statement<DB>
+where
+    Statement<DB>: Params,
+{
+    sqlx::query(
+        "INSERT INTO message_ids (message_id, received_at) VALUES ($1, $2)
+         ON CONFLICT (message_id) DO UPDATE SET received_at = EXCLUDED.received_at
+             WHERE message_ids.received_at < $3
+         RETURNING message_id",
+    )
+    .text(message_id)
+    .int(nanos(now))
+    .int(nanos(now - DEDUP_WINDOW))
+}
+
 /// The setting `name`, inserted as `value` if missing; returns the stored `value` column.
 /// The no-op update makes the statement return the stored value when there is one,
 /// including one a concurrent first writer committed after this statement began.

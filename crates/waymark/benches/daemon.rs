@@ -189,6 +189,7 @@ async fn seed(db: &Path, journeys: &Path, customers: u64) -> anyhow::Result<Dura
                 merged: None,
                 now,
                 claim_until: None,
+                message_id: None,
             })
             .collect();
         for result in store.commit_many(&commits).await {

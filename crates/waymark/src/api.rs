@@ -568,18 +568,27 @@ async fn enroll(
     JsonObject(body): JsonObject,
 ) -> Result<Json<Value>, ApiError> {
     let f = Fields::new(&body, "");
-    f.allow(&["userId", "properties"])?;
+    f.allow(&["userId", "properties", "messageId"])?;
     let user = f.required("userId")?;
     let properties = f.object("properties")?;
+    let message_id = f.id("messageId")?;
     let applied = daemon
         .call(
             &user,
             Input::Enroll {
                 journey,
                 properties,
+                message_id,
             },
         )
         .await?;
+    if applied.repeated {
+        return Ok(Json(json!({
+            "enrolled": false,
+            "duplicate": true,
+            "customer": applied.customer,
+        })));
+    }
     let entered: Vec<&str> = applied
         .effects
         .iter()

@@ -70,6 +70,8 @@ pub enum Input {
     Enroll {
         journey: String,
         properties: Map<String, Value>,
+        /// The request's `messageId`: a retried enrollment applies once.
+        message_id: Option<String>,
     },
     Timer {
         enrollment: String,
@@ -90,6 +92,8 @@ pub struct Applied {
     /// The profile it was applied to (after alias resolution).
     pub customer: String,
     pub effects: Vec<Effect>,
+    /// The input's `messageId` was applied already: nothing was done again.
+    pub repeated: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +121,7 @@ struct Outcome {
     now: DateTime<Utc>,
     /// Its messages are committed claimed until then, for this daemon's dispatcher.
     claim_until: Option<DateTime<Utc>>,
+    message_id: Option<String>,
 }
 
 impl Outcome {
@@ -129,6 +134,7 @@ impl Outcome {
             merged: self.merged.as_ref().map(|(id, rev)| (id.as_str(), *rev)),
             now: self.now,
             claim_until: self.claim_until,
+            message_id: self.message_id.as_deref(),
         }
     }
 }
@@ -459,7 +465,7 @@ impl Daemon {
                 Decided::Unchanged(customer) => {
                     return Ok(Applied {
                         customer,
-                        effects: Vec::new(),
+                        ..Applied::default()
                     });
                 }
                 Decided::Commit(outcome) => outcome,
@@ -473,12 +479,20 @@ impl Daemon {
                     return Ok(Applied {
                         customer: outcome.state.profile.id,
                         effects: outcome.effects,
+                        repeated: false,
                     });
                 }
                 Err(StoreError::Conflict(_)) => {
                     self.metrics.conflicts.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(StoreError::Handled(_)) => return Ok(Applied::default()),
+                Err(StoreError::Repeated(_)) => {
+                    return Ok(Applied {
+                        customer: outcome.state.profile.id,
+                        effects: Vec::new(),
+                        repeated: true,
+                    });
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -509,6 +523,7 @@ impl Daemon {
                 Input::Enroll {
                     journey,
                     properties,
+                    ..
                 } => engine.enroll(state, journey, properties, now)?,
                 Input::Timer { enrollment, .. } => engine.on_timer(state, enrollment, now),
                 Input::Schedule { journey } => engine.on_schedule(state, journey, now),
@@ -538,6 +553,10 @@ impl Daemon {
             merged,
             now,
             claim_until,
+            message_id: match input {
+                Input::Enroll { message_id, .. } => message_id.clone(),
+                _ => None,
+            },
         }))
     }
 
@@ -904,18 +923,14 @@ where
     })
 }
 
-/// The profile's `unreachable` list with `channel` added.
+/// The profile's `unreachable` list with `channel` added, as the one trait to set.
 pub(crate) fn unreachable_traits(traits: &Map<String, Value>, channel: &str) -> Map<String, Value> {
-    let mut list: Vec<Value> = match traits.get("unreachable") {
-        Some(Value::Array(items)) => items.clone(),
-        Some(Value::String(s)) => vec![Value::String(s.clone())],
-        _ => Vec::new(),
-    };
-    if !list.iter().any(|v| v.as_str() == Some(channel)) {
-        list.push(Value::String(channel.to_owned()));
-    }
-    let mut out = Map::new();
-    out.insert("unreachable".to_owned(), Value::Array(list));
+    let mut out: Map<String, Value> = traits
+        .get("unreachable")
+        .map(|list| ("unreachable".to_owned(), list.clone()))
+        .into_iter()
+        .collect();
+    waymark_scheduler::policy::mark_unreachable(&mut out, channel);
     out
 }
 

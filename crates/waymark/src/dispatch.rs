@@ -46,6 +46,10 @@ pub const MAX_DELIVERY_ATTEMPTS: u32 = 10;
 pub const LEASE: TimeDelta = TimeDelta::seconds(120);
 /// A provider call that takes longer than this is abandoned and retried.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest a provider's `Retry-After` defers a retry: past it the message would be
+/// stale anyway (a journey's `max_lateness` is a day by default), and a provider's
+/// absurd value must not push the retry out of the calendar.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
 const OUTBOX_POLL: Duration = Duration::from_millis(500);
 /// The most messages one claim takes.
 const CLAIM_BATCH: usize = 512;
@@ -487,7 +491,7 @@ impl Daemon {
                 retry_after,
             }) if m.attempts < MAX_DELIVERY_ATTEMPTS => {
                 self.metrics.delivery(&m.channel, "retry");
-                let wait = backoff(m.attempts, &key).max(retry_after.unwrap_or_default());
+                let wait = retry_delay(m.attempts, &key, retry_after);
                 let at = now + TimeDelta::from_std(wait).unwrap_or(TimeDelta::hours(1));
                 tracing::warn!(%key, channel = %m.channel, %reason, attempt = m.attempts, retry_in = ?wait, "delivery failed; will retry");
                 self.store.outbox_retry(&key, &reason, at).await
@@ -523,6 +527,12 @@ impl Daemon {
     }
 }
 
+/// How long to wait before the next attempt: the backoff, or longer when the provider
+/// asked (`Retry-After`), but never more than [`MAX_RETRY_AFTER`] on its word.
+fn retry_delay(attempts: u32, key: &str, retry_after: Option<Duration>) -> Duration {
+    backoff(attempts, key).max(retry_after.unwrap_or_default().min(MAX_RETRY_AFTER))
+}
+
 /// Exponential backoff from 5 s, doubling per attempt up to an hour, with jitter (50 to
 /// 100 %) so that messages failing together do not retry together. The jitter is derived
 /// from the key and attempt: spread across messages, reproducible for one.
@@ -551,6 +561,15 @@ mod tests {
         assert!(third >= Duration::from_secs(10) && third <= Duration::from_secs(20));
         assert!(backoff(40, "k") <= Duration::from_secs(3600));
         assert_ne!(backoff(5, "a"), backoff(5, "b"));
+    }
+
+    #[test]
+    fn a_providers_retry_after_is_heeded_up_to_a_day() {
+        let minute = Duration::from_secs(60);
+        assert_eq!(retry_delay(1, "k", Some(minute)), minute);
+        assert_eq!(retry_delay(1, "k", None), backoff(1, "k"));
+        let absurd = Duration::from_secs(1_000_000_000_000_000);
+        assert_eq!(retry_delay(1, "k", Some(absurd)), MAX_RETRY_AFTER);
     }
 
     #[test]

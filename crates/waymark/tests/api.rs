@@ -30,6 +30,7 @@ const VIP: &str = "
 id: vip
 trigger:
   api: true
+reentry: always
 steps:
   note:
     send: email
@@ -313,6 +314,43 @@ async fn api_enrollment_and_alias() {
     assert_eq!(profile["id"], "bob");
     assert_eq!(profile["traits"]["plan"], "pro");
     assert_eq!(profile["events"][0]["event"], "visit");
+}
+
+/// A retried enrollment with its `messageId` enrolls once, even where the journey lets a
+/// customer enter again; without one, each call enrolls.
+#[tokio::test]
+async fn a_retried_enrollment_with_a_message_id_enrolls_once() {
+    let f = fixture(&[]).await;
+    let body = r#"{"userId": "bob", "messageId": "enroll-1"}"#;
+    let (status, first) = call(&f, "POST", "/v1/journeys/vip/enroll", Some(body)).await;
+    assert_eq!(
+        (status, &first["enrolled"]),
+        (StatusCode::OK, &json!(true)),
+        "{first}"
+    );
+    let (status, again) = call(&f, "POST", "/v1/journeys/vip/enroll", Some(body)).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(
+        (&again["enrolled"], &again["duplicate"]),
+        (&json!(false), &json!(true))
+    );
+    settle(&f).await;
+    let (_, profile) = call(&f, "GET", "/v1/profiles/bob", None).await;
+    assert_eq!(
+        profile["enrollments"].as_array().unwrap().len(),
+        1,
+        "{profile}"
+    );
+
+    let other = r#"{"userId": "bob", "messageId": "enroll-2"}"#;
+    let (_, answer) = call(&f, "POST", "/v1/journeys/vip/enroll", Some(other)).await;
+    assert_eq!(answer["enrolled"], true, "{answer}");
+    let (_, profile) = call(&f, "GET", "/v1/profiles/bob", None).await;
+    assert_eq!(
+        profile["enrollments"].as_array().unwrap().len(),
+        2,
+        "{profile}"
+    );
 }
 
 #[tokio::test]

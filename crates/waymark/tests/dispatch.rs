@@ -202,6 +202,7 @@ async fn a_channel_never_has_more_deliveries_in_flight_than_its_concurrency() {
             let input = Input::Enroll {
                 journey: journey.to_owned(),
                 properties: Map::new(),
+                message_id: None,
             };
             daemon.call(&format!("{journey}-{i}"), input).await.unwrap();
         }
@@ -290,6 +291,7 @@ async fn timers_due_together_fire_once_each_even_two_of_one_customer() {
         let input = Input::Enroll {
             journey: journey.to_owned(),
             properties: Map::new(),
+            message_id: None,
         };
         daemon.call(customer, input).await.unwrap();
     }
@@ -336,6 +338,7 @@ async fn enroll(daemon: &Arc<Daemon>, customer: &str, journey: &str) {
     let input = Input::Enroll {
         journey: journey.to_owned(),
         properties: Map::new(),
+        message_id: None,
     };
     daemon.call(customer, input).await.unwrap();
 }

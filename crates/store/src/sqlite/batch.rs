@@ -260,9 +260,9 @@ fn array<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
 /// `None`) is written, in one transaction; refusals are recorded in `refused`.
 ///
 /// Commits whose customer appears only once in the batch (nearly all) are written with a
-/// handful of bulk statements. The rest (alias merges, a customer twice) are written one
-/// by one after them, each in a savepoint, so that their order and their refusals are
-/// exactly those of single commits.
+/// handful of bulk statements. The rest (alias merges, a customer twice, an input with a
+/// `messageId`) are written one by one after them, each in a savepoint, so that their
+/// order and their refusals are exactly those of single commits.
 pub(super) async fn commit_pass(
     store: &SqliteStore,
     commits: &[Commit<'_>],
@@ -280,7 +280,9 @@ pub(super) async fn commit_pass(
     let (bulk, single): (Vec<usize>, Vec<usize>) = (0..commits.len())
         .filter(|&i| refused[i].is_none())
         .partition(|&i| {
-            commits[i].merged.is_none() && mentions[commits[i].state.profile.id.as_str()] == 1
+            commits[i].merged.is_none()
+                && commits[i].message_id.is_none()
+                && mentions[commits[i].state.profile.id.as_str()] == 1
         });
     let rows: HashMap<usize, Rows> = bulk.iter().map(|&i| (i, Rows::of(&commits[i]))).collect();
     let (new, known): (Vec<usize>, Vec<usize>) =
@@ -415,7 +417,7 @@ pub(super) async fn commit_pass(
         let mut savepoint = tx.begin().await?;
         match write_commit(&mut savepoint, commits[i]).await {
             Ok(()) => savepoint.commit().await?,
-            Err(e @ (Error::Conflict(_) | Error::Handled(_))) => {
+            Err(e @ (Error::Conflict(_) | Error::Handled(_) | Error::Repeated(_))) => {
                 savepoint.rollback().await?;
                 refused[i] = Some(e);
             }

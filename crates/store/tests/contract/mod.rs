@@ -37,6 +37,7 @@ macro_rules! suite {
             claims_of_a_daemon_that_is_gone_are_released,
             messages_committed_claimed_wait_for_their_committer_until_the_claim_runs_out,
             messages_that_came_too_late_are_skipped_as_expired_for_good,
+            a_commit_with_a_message_id_applies_once_within_seven_days,
         );
     };
     ($run:path: $($test:ident),+ $(,)?) => {
@@ -133,6 +134,7 @@ pub async fn identify(f: &Fixture, id: &str) {
             merged: None,
             now: t0(),
             claim_until: None,
+            message_id: None,
         })
         .await
         .unwrap();
@@ -176,6 +178,7 @@ pub async fn track(f: &Fixture, id: &str, name: &str, now: DateTime<Utc>) -> Vec
             merged: None,
             now,
             claim_until: None,
+            message_id: None,
         })
         .await
         .unwrap();
@@ -281,6 +284,7 @@ pub async fn a_timer_fires_from_the_reloaded_state_and_clears_itself(f: Fixture)
             merged: None,
             now: at,
             claim_until: None,
+            message_id: None,
         })
         .await
         .unwrap();
@@ -302,6 +306,7 @@ pub fn commit(c: &Customer) -> Commit<'_> {
         merged: None,
         now: t0(),
         claim_until: None,
+        message_id: None,
     }
 }
 
@@ -364,6 +369,7 @@ async fn alias(f: &Fixture, user: &str, previous: &str) {
             merged: Some((previous, other.revision)),
             now: t0(),
             claim_until: None,
+            message_id: None,
         })
         .await
         .unwrap();
@@ -959,6 +965,7 @@ fn claimed_commit(
         merged: None,
         now: t0(),
         claim_until,
+        message_id: None,
     }
 }
 
@@ -1070,4 +1077,49 @@ pub async fn messages_that_came_too_late_are_skipped_as_expired_for_good(f: Fixt
     assert_eq!(customers, ["cy"]);
     assert_eq!(f.store.outbox_expired(&[&ann], later).await.unwrap(), 0);
     assert_eq!(f.store.outbox_expired(&[], later).await.unwrap(), 0);
+}
+
+/// A commit carrying the caller's `messageId` (a retried API enrollment) is written once:
+/// a repeat within seven days is refused and writes nothing, alone or in a batch, and is
+/// written again once the window has passed.
+pub async fn a_commit_with_a_message_id_applies_once_within_seven_days(f: Fixture) {
+    let with_id = |c, id, now| Commit {
+        message_id: Some(id),
+        now,
+        ..commit(c)
+    };
+    let ann = f.store.load_customer("ann").await.unwrap();
+    f.store.commit(with_id(&ann, "e-1", t0())).await.unwrap();
+    let ann = f.store.load_customer("ann").await.unwrap();
+    let again = f
+        .store
+        .commit(with_id(&ann, "e-1", t0() + TimeDelta::days(6)))
+        .await;
+    assert!(
+        matches!(&again, Err(Error::Repeated(id)) if id == "e-1"),
+        "{again:?}"
+    );
+    let unchanged = f.store.load_customer("ann").await.unwrap();
+    assert_eq!(unchanged.revision, ann.revision, "a repeat writes nothing");
+
+    // In one batch: the first of two commits with one id is written, the second refused.
+    let bob = f.store.load_customer("bob").await.unwrap();
+    let cy = f.store.load_customer("cy").await.unwrap();
+    let results = f
+        .store
+        .commit_many(&[with_id(&bob, "e-2", t0()), with_id(&cy, "e-2", t0())])
+        .await;
+    assert!(results[0].is_ok(), "{results:?}");
+    assert!(
+        matches!(&results[1], Err(Error::Repeated(id)) if id == "e-2"),
+        "{results:?}"
+    );
+    assert_eq!(f.store.load_customer("bob").await.unwrap().revision, 1);
+    assert_eq!(f.store.load_customer("cy").await.unwrap().revision, 0);
+
+    let later = f
+        .store
+        .commit(with_id(&ann, "e-1", t0() + TimeDelta::days(8)))
+        .await;
+    assert!(later.is_ok(), "{later:?}");
 }
