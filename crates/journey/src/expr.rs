@@ -19,7 +19,7 @@ use cel::common::types::{self, CelBool, CelNull, CelString};
 use cel::common::value::CowVal;
 use cel::objects::{Key, Map as CelMap};
 use cel::{Context, Env, ExecutionError, Value as CelValue};
-use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, TimeDelta, Utc};
 use chrono_tz::Tz;
 use serde_json::{Map, Value};
 
@@ -276,6 +276,17 @@ impl History for NoHistory {
     }
 }
 
+/// Where a history function's trailing window of length `d` up to `now` starts (`since`,
+/// inclusive): `None`, all history, when it reaches past the first representable instant;
+/// past the last one when a negative window reaches beyond it, so nothing counts.
+fn window_start(now: DateTime<Utc>, d: TimeDelta) -> Option<DateTime<Utc>> {
+    match now.checked_sub_signed(d) {
+        Some(since) => Some(since),
+        None if d > TimeDelta::zero() => None,
+        None => Some(DateTime::<Utc>::MAX_UTC),
+    }
+}
+
 /// The body of one of the history functions registered on a CEL context.
 type HistoryFn = Box<dyn Fn(&[CelValue]) -> Result<CelValue, ExecutionError> + Send + Sync>;
 
@@ -293,9 +304,9 @@ fn context(scope: &Scope<'_>, profile: CelValue, depth: usize) -> Context<'stati
         match window {
             None => Ok(None),
             Some(CelValue::String(s)) => parse_duration(s)
-                .map(|d| Some(now - d))
+                .map(|d| window_start(now, d))
                 .map_err(|e| ExecutionError::function_error("window", e)),
-            Some(CelValue::Duration(d)) => Ok(Some(now - *d)),
+            Some(CelValue::Duration(d)) => Ok(window_start(now, *d)),
             Some(other) => Err(ExecutionError::function_error(
                 "window",
                 format!("expected a duration like \"30d\", got {other:?}"),
@@ -1208,5 +1219,63 @@ mod tests {
         )
         .unwrap();
         assert_eq!(e.segment_references(), vec!["vip", "big_cart"]);
+    }
+
+    /// Counts one event for a window that covers all history, none for any other.
+    struct AllOrNothing;
+
+    impl History for AllOrNothing {
+        fn count(&self, _: &str, since: Option<DateTime<Utc>>) -> u64 {
+            u64::from(since.is_none())
+        }
+        fn sum(&self, _: &str, _: &str, _: Option<DateTime<Utc>>) -> f64 {
+            0.0
+        }
+    }
+
+    #[test]
+    fn windows_past_the_ends_of_time_do_not_panic() {
+        let nothing = Map::new();
+        let eval_at = |source: &str, now: DateTime<Utc>| {
+            let scope = Scope {
+                profile: &nothing,
+                event: &nothing,
+                trigger: &nothing,
+                now,
+                timezone: Tz::UTC,
+                history: Arc::new(AllOrNothing),
+                segments: Arc::default(),
+            };
+            Expr::compile(source, Pos::default()).unwrap().eval(&scope)
+        };
+        let first_day = DateTime::<Utc>::MIN_UTC + TimeDelta::days(1);
+        let last_day = DateTime::<Utc>::MAX_UTC - TimeDelta::days(1);
+        // A window reaching before the first representable instant covers all history.
+        assert_eq!(
+            eval_at("did(\"x\", \"30d\")", first_day),
+            Some(Value::Bool(true))
+        );
+        assert_eq!(
+            eval_at("count(\"x\", duration(\"240h\"))", first_day),
+            Some(json!(1))
+        );
+        assert_eq!(
+            eval_at("did(\"x\", \"30d\")", last_day),
+            Some(Value::Bool(false))
+        );
+        // A negative window reaching past the last one covers nothing.
+        assert_eq!(
+            eval_at("did(\"x\", duration(\"-240h\"))", last_day),
+            Some(Value::Bool(false))
+        );
+        // CEL checks its own arithmetic on `now` against its range, years 1 to 9999 (a
+        // clock's `now` is always inside it): an error, not a panic.
+        let cel_last_day = DateTime::parse_from_rfc3339("9999-12-31T00:00:00Z")
+            .unwrap()
+            .to_utc();
+        assert_eq!(
+            eval_at("now + duration(\"240h\") > now", cel_last_day),
+            None
+        );
     }
 }

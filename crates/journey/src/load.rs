@@ -402,14 +402,74 @@ fn report_segment_cycles(r: &mut Report<'_>, entries: &[(yaml::Key, Node)], edge
     }
 }
 
+/// The channels the language names (section 5), which take `text`; any other channel
+/// name is a webhook, which takes `body`.
+const MESSENGERS: [&str; 7] = [
+    "email", "sms", "telegram", "whatsapp", "vk", "viber", "push",
+];
+
 /// The fields a template part may have. `push` may also carry a notification `title`,
 /// an `image` URL, which a push notification shows beside its text, and `data`: key-value
-/// pairs for the app (a deep link, an order id).
+/// pairs for the app (a deep link, an order id). A webhook part may carry `text` beside
+/// its `body`: an adapter of another kind under a name of its own (Slack's) reads both.
 fn template_fields(channel: &str) -> &'static [&'static str] {
     match channel {
         "email" => &["subject", "html", "text"],
         "push" => &["title", "text", "image", PUSH_DATA],
-        _ => &["text", "body"],
+        c if MESSENGERS.contains(&c) => &["text"],
+        _ => &["body", "text"],
+    }
+}
+
+/// A template part with a field its channel does not take, or without one it needs.
+struct ShapeProblem {
+    /// The field at fault; `None`: the part as a whole (its channel's name).
+    field: Option<usize>,
+    why: &'static str,
+    /// The part may be right for a channel `waymark check` cannot see.
+    warning: bool,
+}
+
+fn template_shape_problem(channel: &str, fields: &[(yaml::Key, Node)]) -> Option<ShapeProblem> {
+    let at = |f: &str| fields.iter().position(|(k, _)| k.name == f);
+    let has = |f: &str| at(f).is_some();
+    let lacks = |why| {
+        Some(ShapeProblem {
+            field: None,
+            why,
+            warning: false,
+        })
+    };
+    let messenger = MESSENGERS.contains(&channel);
+    if let (true, Some(body)) = (messenger, at("body")) {
+        let why = if channel == "email" {
+            "`body` is for webhooks: an email part has `subject` and `html` or `text`"
+        } else {
+            "`body` is for webhooks: this channel sends the part's `text`"
+        };
+        return Some(ShapeProblem {
+            field: Some(body),
+            why,
+            warning: false,
+        });
+    }
+    match channel {
+        "email" if !has("subject") => lacks("an email part needs a `subject`"),
+        "email" if !has("html") && !has("text") => {
+            lacks("an email part needs `html` or `text`, or both")
+        }
+        "email" => None,
+        _ if messenger && !has("text") => lacks("a messenger part needs `text`"),
+        _ if messenger || has("body") => None,
+        // `waymark check` knows channels by name only, and takes a name the language does
+        // not know for a webhook, whose adapter posts `body` and nothing else. A
+        // third-party kind under its own name (Slack's) may read `text` alone, though.
+        _ if has("text") => Some(ShapeProblem {
+            field: None,
+            why: "a webhook part needs `body`, the JSON the webhook posts; `text` alone is sent by no webhook",
+            warning: true,
+        }),
+        _ => lacks("a webhook part needs `body`"),
     }
 }
 
@@ -473,27 +533,17 @@ fn load_template(
             continue;
         };
         let allowed = template_fields(&channel.name);
-        parse::check_keys(&mut r, fields, allowed, &part_what);
-        let has = |f: &str| parse::get(fields, f).is_some();
-        let missing = if channel.name == "email" {
-            if !has("subject") {
-                Some("an email part needs a `subject`")
-            } else if !has("html") && !has("text") {
-                Some("an email part needs `html` or `text`, or both")
+        // `body` on a messenger is a shape problem below, not an unknown key.
+        let known = [allowed, &["body"]].concat();
+        parse::check_keys(&mut r, fields, &known, &part_what);
+        if let Some(problem) = template_shape_problem(&channel.name, fields) {
+            let key = problem.field.map_or(channel, |i| &fields[i].0);
+            let message = format!("{}, in {part_what}", problem.why);
+            if problem.warning {
+                r.warning_at(key.pos, key.len, codes::TEMPLATE_SHAPE, message);
             } else {
-                None
+                r.error_key(key, codes::TEMPLATE_SHAPE, message);
             }
-        } else if !has("text") && !has("body") {
-            Some("a part needs `text` (messengers, sms) or `body` (webhooks)")
-        } else {
-            None
-        };
-        if let Some(why) = missing {
-            r.error_key(
-                channel,
-                codes::TEMPLATE_SHAPE,
-                format!("{why}, in {part_what}"),
-            );
         }
         // Each text with the name it is rendered under: a field's own, or `data.NAME` for
         // the entries of a push part's `data` map.
@@ -560,4 +610,81 @@ fn liquid_error(error: &str) -> (Option<usize>, String) {
         .and_then(|(_, column)| column.parse::<usize>().ok())
         .map(|column| column.saturating_sub(1));
     (offset, reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The diagnostics of one template file, as `(line:column, severity, message)`.
+    fn template_problems(src: &str) -> Vec<(String, &'static str, String)> {
+        let file = Path::new("templates/t.yaml");
+        let root = yaml::parse(src, file).unwrap();
+        let mut diagnostics = Vec::new();
+        load_template(file, "t", &root, &mut diagnostics);
+        diagnostics
+            .into_iter()
+            .map(|d| {
+                assert_eq!(d.code, codes::TEMPLATE_SHAPE, "{d:?}");
+                let at = format!("{}:{}", d.pos.line, d.pos.column);
+                (at, d.severity.as_str(), d.message)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_channel_takes_its_own_fields() {
+        let ok = "email: {subject: Hi, html: <p>Hi</p>}\nsms: {text: Hi}\ntelegram: {text: Hi}\n\
+                  whatsapp: {text: Hi}\nvk: {text: Hi}\nviber: {text: Hi}\npush: {text: Hi}\n\
+                  crm_task: {body: '{}'}\nsales_alerts: {text: Hi, body: '[]'}\n";
+        assert_eq!(template_problems(ok), []);
+    }
+
+    #[test]
+    fn body_on_a_messenger_is_refused_where_it_is() {
+        let problems = template_problems("email: {subject: Hi, text: Hi}\nsms:\n  body: Hi\n");
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        let (at, severity, message) = &problems[0];
+        assert_eq!((at.as_str(), *severity), ("3:3", "error"));
+        assert_eq!(
+            message,
+            "`body` is for webhooks: this channel sends the part's `text`, in the `sms` part of template `t`"
+        );
+
+        for channel in ["telegram", "whatsapp", "vk", "viber", "push"] {
+            let problems = template_problems(&format!("{channel}: {{text: Hi, body: Hi}}\n"));
+            assert_eq!(problems.len(), 1, "{channel}: {problems:#?}");
+            assert_eq!(problems[0].1, "error");
+        }
+        let problems = template_problems("email: {subject: Hi, body: Hi}\n");
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        assert!(problems[0].2.contains("an email part has `subject`"));
+    }
+
+    #[test]
+    fn a_webhook_part_needs_a_body() {
+        let problems = template_problems("crm_task:\n  text: call ann\n");
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        let (at, severity, message) = &problems[0];
+        // A third-party kind under its own name (Slack's) may read `text` alone, which
+        // `waymark check` cannot tell from a webhook: a warning, not an error.
+        assert_eq!((at.as_str(), *severity), ("1:1", "warning"));
+        assert!(
+            message.starts_with("a webhook part needs `body`"),
+            "{message}"
+        );
+        assert!(message.ends_with("in the `crm_task` part of template `t`"));
+
+        let problems = template_problems("crm_task: {}\n");
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        assert_eq!(problems[0].1, "error");
+    }
+
+    #[test]
+    fn a_messenger_part_needs_text() {
+        let problems = template_problems("push: {title: Hi}\n");
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        assert_eq!(problems[0].1, "error");
+        assert!(problems[0].2.starts_with("a messenger part needs `text`"));
+    }
 }

@@ -9,7 +9,7 @@ use std::iter::Peekable;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use chrono::{DateTime, NaiveTime, TimeDelta, TimeZone};
+use chrono::{DateTime, NaiveDateTime, NaiveTime, TimeDelta, TimeZone, Utc};
 use chrono_tz::Tz;
 
 use crate::expr::Expr;
@@ -141,32 +141,45 @@ impl CronSchedule {
         CronSchedule { first, weekdays }
     }
 
-    /// The ticks strictly after `after`, earliest first, each once.
+    /// The ticks strictly after `after`, earliest first, each once, in `after`'s time zone.
+    ///
+    /// As in standard (Vixie) cron, a tick whose local time is skipped when the clocks go
+    /// forward fires at the first instant after the gap (ticks skipped together fire
+    /// once), and a tick whose local time repeats when they go back fires at its first
+    /// occurrence only.
     pub fn after<Z: TimeZone>(&self, after: &DateTime<Z>) -> CronTicks<'_, Z> {
+        // The `cron` crate walks the wall clock of the zone it is given but drops the
+        // times a gap skips; walked in UTC, which has no gaps, it yields every local time,
+        // and each is placed in the real zone here.
+        let wall = after.naive_local().and_utc();
         CronTicks {
-            first: self.first.after(after).peekable(),
-            weekdays: self.weekdays.as_ref().map(|s| s.after(after).peekable()),
+            zone: after.timezone(),
+            last: after.clone(),
+            first: self.first.after(&wall).peekable(),
+            weekdays: self.weekdays.as_ref().map(|s| s.after(&wall).peekable()),
         }
     }
 }
 
-/// The ticks of a [`CronSchedule`]: its schedules' ticks merged in order.
+/// The ticks of a [`CronSchedule`]: its schedules' ticks merged in order, in a time zone.
 pub struct CronTicks<'a, Z: TimeZone> {
-    first: Peekable<cron::ScheduleIterator<'a, Z>>,
-    weekdays: Option<Peekable<cron::ScheduleIterator<'a, Z>>>,
+    zone: Z,
+    /// The tick returned last, or the instant the ticks start after.
+    last: DateTime<Z>,
+    /// Local times, as if the zone's wall clock were UTC.
+    first: Peekable<cron::ScheduleIterator<'a, Utc>>,
+    weekdays: Option<Peekable<cron::ScheduleIterator<'a, Utc>>>,
 }
 
-impl<Z: TimeZone> Iterator for CronTicks<'_, Z> {
-    type Item = DateTime<Z>;
-
-    fn next(&mut self) -> Option<DateTime<Z>> {
+impl<Z: TimeZone> CronTicks<'_, Z> {
+    /// The next local time either schedule matches, a day that matches both once.
+    fn next_local(&mut self) -> Option<NaiveDateTime> {
         let Some(weekdays) = &mut self.weekdays else {
-            return self.first.next();
+            return self.first.next().map(|t| t.naive_utc());
         };
-        match (self.first.peek(), weekdays.peek()) {
+        let next = match (self.first.peek(), weekdays.peek()) {
             (Some(a), Some(b)) if b < a => weekdays.next(),
             (Some(a), Some(b)) => {
-                // A day that matches both fields ticks once.
                 if a == b {
                     weekdays.next();
                 }
@@ -174,8 +187,45 @@ impl<Z: TimeZone> Iterator for CronTicks<'_, Z> {
             }
             (Some(_), None) => self.first.next(),
             (None, _) => weekdays.next(),
+        };
+        next.map(|t| t.naive_utc())
+    }
+}
+
+impl<Z: TimeZone> Iterator for CronTicks<'_, Z> {
+    type Item = DateTime<Z>;
+
+    fn next(&mut self) -> Option<DateTime<Z>> {
+        loop {
+            let local = self.next_local()?;
+            // Local times map to instants in order, but several may map to one (a gap)
+            // and one may map to an instant already passed (a repeated hour entered on
+            // its second pass): each instant ticks once, after the start.
+            let Some(at) = first_instant_at_or_after(&self.zone, local) else {
+                continue;
+            };
+            if at > self.last {
+                self.last = at.clone();
+                return Some(at);
+            }
         }
     }
+}
+
+/// The first instant whose local time in `zone` is `local` or, when `local` falls in a
+/// gap (clocks going forward), the first instant after the gap, to the minute, as
+/// `wait: {until}` resolves one. An ambiguous time is its first occurrence.
+fn first_instant_at_or_after<Z: TimeZone>(zone: &Z, local: NaiveDateTime) -> Option<DateTime<Z>> {
+    // Gaps are an hour or two; one of a whole day (Samoa, 2011) is the longest there is.
+    const LONGEST_GAP_MINUTES: i64 = 26 * 60;
+    let mut candidate = local;
+    for _ in 0..=LONGEST_GAP_MINUTES {
+        if let Some(at) = zone.from_local_datetime(&candidate).earliest() {
+            return Some(at);
+        }
+        candidate = candidate.checked_add_signed(TimeDelta::minutes(1))?;
+    }
+    None
 }
 
 #[derive(Debug, Clone)]
@@ -390,12 +440,12 @@ impl Policy {
         Policy {
             timezone: o.timezone.unwrap_or(self.timezone),
             channels: o.channels.clone().unwrap_or_else(|| self.channels.clone()),
-            quiet_hours: o.quiet_hours.or(self.quiet_hours),
+            quiet_hours: o.quiet_hours.over(self.quiet_hours.as_ref()),
             frequency_caps: o
                 .frequency_caps
-                .clone()
-                .unwrap_or_else(|| self.frequency_caps.clone()),
-            fatigue: o.fatigue.clone().or_else(|| self.fatigue.clone()),
+                .over(Some(&self.frequency_caps))
+                .unwrap_or_default(),
+            fatigue: o.fatigue.over(self.fatigue.as_ref()),
             max_lateness: o.max_lateness.unwrap_or(self.max_lateness),
         }
     }
@@ -406,10 +456,40 @@ impl Policy {
 pub struct PolicyOverride {
     pub timezone: Option<Tz>,
     pub channels: Option<Vec<String>>,
-    pub quiet_hours: Option<QuietHours>,
-    pub frequency_caps: Option<Vec<Cap>>,
-    pub fatigue: Option<Fatigue>,
+    pub quiet_hours: Setting<QuietHours>,
+    pub frequency_caps: Setting<Vec<Cap>>,
+    pub fatigue: Setting<Fatigue>,
     pub max_lateness: Option<TimeDelta>,
+}
+
+/// One key of a `policy:` section whose default is none. Absent, the policy below decides;
+/// `none` switches it off even when the policy below (the daemon's) has it on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Setting<T> {
+    /// The key is absent.
+    #[default]
+    Unset,
+    /// `none` (or an empty value).
+    Off,
+    Set(T),
+}
+
+impl<T: Clone> Setting<T> {
+    /// The value in force with this setting laid over `below`'s.
+    pub fn over(&self, below: Option<&T>) -> Option<T> {
+        match self {
+            Setting::Unset => below.cloned(),
+            Setting::Off => None,
+            Setting::Set(value) => Some(value.clone()),
+        }
+    }
+}
+
+impl<T> From<Option<T>> for Setting<T> {
+    /// `None` leaves the key unset, as an absent key does.
+    fn from(value: Option<T>) -> Self {
+        value.map_or(Setting::Unset, Setting::Set)
+    }
 }
 
 /// `"21:00-09:00"`: local times from `start` (inclusive) to `end` (exclusive); wraps
@@ -457,5 +537,71 @@ pub fn address_trait(channel_kind: &str) -> Option<&'static str> {
         "viber" => Some("viber_id"),
         "push" | "fcm" => Some("push_token"),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+
+    use crate::journey_file::cron_schedule;
+
+    /// The first `n` ticks of `cron` in `zone` strictly after `after`, in UTC.
+    fn ticks(cron: &str, zone: chrono_tz::Tz, after: &str, n: usize) -> Vec<String> {
+        let after = chrono::DateTime::parse_from_rfc3339(after)
+            .unwrap()
+            .with_timezone(&zone);
+        cron_schedule(cron)
+            .unwrap()
+            .after(&after)
+            .take(n)
+            .map(|t| t.with_timezone(&Utc).format("%m-%d %H:%MZ").to_string())
+            .collect()
+    }
+
+    const BERLIN: chrono_tz::Tz = chrono_tz::Tz::Europe__Berlin;
+
+    #[test]
+    fn a_tick_in_a_dst_gap_fires_right_after_it() {
+        // 2026-03-29: Berlin's clocks go from 02:00 CET to 03:00 CEST; 02:30 never shows.
+        assert_eq!(
+            ticks("30 2 * * *", BERLIN, "2026-03-28T00:00:00Z", 3),
+            ["03-28 01:30Z", "03-29 01:00Z", "03-30 00:30Z"]
+        );
+        // Ticks skipped together fire once, and the next one is not held back.
+        assert_eq!(
+            ticks("*/30 * * * *", BERLIN, "2026-03-29T00:00:00Z", 3),
+            ["03-29 00:30Z", "03-29 01:00Z", "03-29 01:30Z"]
+        );
+        // So does a day matched by both restricted day fields: the 29th is a Sunday.
+        assert_eq!(
+            ticks("30 2 29 * 0", BERLIN, "2026-03-28T00:00:00Z", 2),
+            ["03-29 01:00Z", "04-05 00:30Z"]
+        );
+        // Started from the instant the gap tick fired, the next is the next day's.
+        assert_eq!(
+            ticks("30 2 * * *", BERLIN, "2026-03-29T01:00:00Z", 1),
+            ["03-30 00:30Z"]
+        );
+    }
+
+    #[test]
+    fn a_tick_in_a_repeated_hour_fires_once() {
+        // 2026-10-25: Berlin's clocks go from 03:00 CEST back to 02:00 CET; 02:30 shows
+        // twice, at 00:30Z and 01:30Z.
+        assert_eq!(
+            ticks("30 2 * * *", BERLIN, "2026-10-24T12:00:00Z", 2),
+            ["10-25 00:30Z", "10-26 01:30Z"]
+        );
+        // Started inside the repeat, after the first 02:30, not again at the second.
+        assert_eq!(
+            ticks("30 2 * * *", BERLIN, "2026-10-25T01:10:00Z", 1),
+            ["10-26 01:30Z"]
+        );
+        // An hourly schedule keeps ticking through the repeated hour, once per local time.
+        assert_eq!(
+            ticks("0 * * * *", BERLIN, "2026-10-24T23:30:00Z", 3),
+            ["10-25 00:00Z", "10-25 02:00Z", "10-25 03:00Z"]
+        );
     }
 }

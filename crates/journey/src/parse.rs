@@ -319,7 +319,9 @@ pub(crate) fn quiet_hours(r: &mut Report<'_>, node: &Node) -> Option<QuietHours>
         r.error(
             node,
             codes::INVALID_TIME,
-            format!("invalid quiet hours `{text}`: expected HH:MM-HH:MM, such as 21:00-09:00"),
+            format!(
+                "invalid quiet hours `{text}`: expected HH:MM-HH:MM, such as 21:00-09:00, or none"
+            ),
         );
     }
     parsed

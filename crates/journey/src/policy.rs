@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use crate::diagnostics::{Diagnostic, codes};
-use crate::model::{Cap, Fatigue, PolicyOverride};
+use crate::model::{Cap, Fatigue, PolicyOverride, Setting};
 use crate::parse::{self, Report};
 use crate::yaml::Node;
 
@@ -76,22 +76,37 @@ pub(crate) fn policy(r: &mut Report<'_>, node: &Node) -> Option<PolicyOverride> 
         out.channels = channels(r, n);
     }
     if let Some(n) = parse::get(entries, "quiet_hours") {
-        out.quiet_hours = parse::quiet_hours(r, n);
+        out.quiet_hours = setting(r, n, parse::quiet_hours);
     }
     if let Some(n) = parse::get(entries, "frequency_cap") {
-        let caps: Vec<Option<Cap>> = parse::one_or_many(n)
-            .iter()
-            .map(|c| cap(r, c, "`frequency_cap`", true))
-            .collect();
-        out.frequency_caps = caps.into_iter().collect();
+        out.frequency_caps = setting(r, n, |r, n| {
+            let caps: Vec<Option<Cap>> = parse::one_or_many(n)
+                .iter()
+                .map(|c| cap(r, c, "`frequency_cap`", true))
+                .collect();
+            caps.into_iter().collect()
+        });
     }
     if let Some(n) = parse::get(entries, "fatigue") {
-        out.fatigue = fatigue(r, n);
+        out.fatigue = setting(r, n, fatigue);
     }
     if let Some(n) = parse::get(entries, "max_lateness") {
         out.max_lateness = parse::duration(r, n, "`max_lateness`");
     }
     (r.error_count() == errors).then_some(out)
+}
+
+/// A key that defaults to none: `none` (or an empty value) switches it off, anything else
+/// is read by `read`. A wrong value is reported and leaves the key unset.
+fn setting<T>(
+    r: &mut Report<'_>,
+    node: &Node,
+    read: impl FnOnce(&mut Report<'_>, &Node) -> Option<T>,
+) -> Setting<T> {
+    if node.is_null() || node.as_str() == Some("none") {
+        return Setting::Off;
+    }
+    read(r, node).into()
 }
 
 fn channels(r: &mut Report<'_>, node: &Node) -> Option<Vec<String>> {
@@ -172,7 +187,7 @@ fn fatigue(r: &mut Report<'_>, node: &Node) -> Option<Fatigue> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::QuietHours;
+    use crate::model::{Policy, QuietHours};
     use chrono::{NaiveTime, TimeDelta};
 
     fn parse_str(src: &str) -> Result<PolicyOverride, Vec<Diagnostic>> {
@@ -194,24 +209,23 @@ mod tests {
             p.channels.as_deref(),
             Some(&["telegram".to_owned(), "email".to_owned()][..])
         );
-        assert_eq!(
-            p.quiet_hours,
-            Some(QuietHours {
-                start: NaiveTime::from_hms_opt(21, 0, 0).unwrap(),
-                end: NaiveTime::from_hms_opt(9, 0, 0).unwrap(),
-            })
-        );
-        let caps = p.frequency_caps.unwrap();
+        assert_eq!(p.quiet_hours, Setting::Set(nine_pm_to_nine_am()));
+        let Setting::Set(caps) = p.frequency_caps else {
+            panic!("{:?}", p.frequency_caps)
+        };
         assert_eq!(caps.len(), 2);
         assert_eq!(caps[1].channel.as_deref(), Some("sms"));
-        assert_eq!(p.fatigue.unwrap().cap.per, TimeDelta::days(7));
+        let Setting::Set(fatigue) = p.fatigue else {
+            panic!("{:?}", p.fatigue)
+        };
+        assert_eq!(fatigue.cap.per, TimeDelta::days(7));
         assert_eq!(p.max_lateness, Some(TimeDelta::hours(2)));
     }
 
     #[test]
     fn a_single_cap_is_a_list_of_one() {
         let p = parse_str("frequency_cap: {max: 3, per: 7d}").unwrap();
-        assert_eq!(p.frequency_caps.unwrap().len(), 1);
+        assert!(matches!(p.frequency_caps, Setting::Set(caps) if caps.len() == 1));
     }
 
     #[test]
@@ -238,6 +252,77 @@ mod tests {
             Path::new("<api>"),
         )
         .unwrap();
-        assert!(p.quiet_hours.is_some());
+        assert!(matches!(p.quiet_hours, Setting::Set(_)));
+    }
+
+    fn nine_pm_to_nine_am() -> QuietHours {
+        QuietHours {
+            start: NaiveTime::from_hms_opt(21, 0, 0).unwrap(),
+            end: NaiveTime::from_hms_opt(9, 0, 0).unwrap(),
+        }
+    }
+
+    /// A daemon policy with every default-none key on.
+    fn daemon_policy() -> Policy {
+        Policy::default().with(
+            &parse_str(
+                "quiet_hours: \"21:00-09:00\"\nfrequency_cap: {max: 3, per: 7d}\n\
+                 fatigue: {unopened: 3, cap: {max: 1, per: 7d}}\n",
+            )
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn none_and_null_switch_keys_off() {
+        for src in [
+            "quiet_hours: none\nfrequency_cap: none\nfatigue: none\n",
+            "quiet_hours: null\nfrequency_cap: ~\nfatigue:\n",
+        ] {
+            let p = parse_str(src).unwrap();
+            assert_eq!(p.quiet_hours, Setting::Off, "{src}");
+            assert_eq!(p.frequency_caps, Setting::Off, "{src}");
+            assert_eq!(p.fatigue, Setting::Off, "{src}");
+        }
+        let p = parse_policy_json(
+            &serde_json::json!({"quiet_hours": null, "fatigue": "none"}),
+            Path::new("<api>"),
+        )
+        .unwrap();
+        assert_eq!(p.quiet_hours, Setting::Off);
+        assert_eq!(p.fatigue, Setting::Off);
+        assert_eq!(p.frequency_caps, Setting::Unset);
+    }
+
+    #[test]
+    fn off_wins_over_the_policy_below_and_unset_keeps_it() {
+        let daemon = daemon_policy();
+        assert_eq!(daemon.quiet_hours, Some(nine_pm_to_nine_am()));
+        assert_eq!(daemon.frequency_caps.len(), 1);
+        assert!(daemon.fatigue.is_some());
+
+        let off = daemon.with(&parse_str("quiet_hours: none\nfatigue: null\n").unwrap());
+        assert_eq!(off.quiet_hours, None);
+        assert_eq!(off.fatigue, None);
+        assert_eq!(off.frequency_caps, daemon.frequency_caps, "unset keeps");
+
+        let off = daemon.with(&parse_str("frequency_cap: none").unwrap());
+        assert!(off.frequency_caps.is_empty());
+        assert_eq!(off.quiet_hours, daemon.quiet_hours, "unset keeps");
+
+        let set = daemon.with(&parse_str("quiet_hours: \"22:00-08:00\"").unwrap());
+        assert_eq!(
+            set.quiet_hours.map(|q| q.start),
+            NaiveTime::from_hms_opt(22, 0, 0)
+        );
+        assert_eq!(daemon.with(&PolicyOverride::default()), daemon);
+    }
+
+    #[test]
+    fn other_words_are_still_refused() {
+        let errors = parse_str("quiet_hours: off\nfatigue: None\n").unwrap_err();
+        let messages: Vec<&str> = errors.iter().map(|d| d.message.as_str()).collect();
+        assert_eq!(errors.len(), 2, "{messages:#?}");
+        assert!(messages[0].contains("or none"), "{messages:#?}");
     }
 }

@@ -164,6 +164,8 @@ fn a_push_part_may_carry_data_for_the_app() {
         event: &serde_json::Map::new(),
         trigger: trigger.as_object().unwrap(),
         journey_id: "j",
+        now: chrono::DateTime::UNIX_EPOCH,
+        timezone: chrono_tz::Tz::UTC,
     };
     let rendered = loaded.templates["note"].render("push", &ctx).unwrap();
     assert_eq!(rendered["data.order_id"], "A-17");

@@ -118,6 +118,33 @@ expect:
 }
 
 #[test]
+fn a_skip_with_another_reason_shows_what_happened() {
+    let case = |reason: &str| {
+        format!(
+            "
+name: unsubscribed
+start: 2026-03-02T10:00:00Z
+profiles: [{{id: ann, traits: {{phone: \"+79000000001\", unsubscribed: [email]}}}}]
+events: [{{at: +0s, event: joined}}]
+expect:
+  skipped:
+    - {{at: +0s, template: hello, reason: {reason}}}
+"
+        )
+    };
+    // Unlisted skips are allowed: the one at +1d is not named, and the case passes.
+    assert_eq!(run("unsub_drip", &case("unreachable")), Ok(()));
+    let report = failure("unsub_drip", &case("frequency_cap"));
+    assert_eq!(
+        report,
+        "skipped sends differ (- expected but missing, + happened but not expected):
+  - 2026-03-02T10:00:00Z (+0s)  *  *  hello  skipped: frequency_cap
+  + 2026-03-02T10:00:00Z (+0s)  ann  -  hello  skipped: unreachable
+  + 2026-03-03T10:00:00Z (+1d)  ann  -  hello  skipped: unreachable"
+    );
+}
+
+#[test]
 fn a_report_prints_each_case_as_ok_or_failed() {
     let report = Report {
         files: vec![

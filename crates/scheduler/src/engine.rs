@@ -18,8 +18,8 @@ use waymark_journey::{
 use crate::assign::{in_holdout, split_variant};
 use crate::history::Event;
 use crate::policy::{
-    ChannelDirectory, after_quiet_hours, best_time, customer_timezone, next_local_time,
-    over_fatigue_cap, over_frequency_cap, resolve_channel, unsubscribe,
+    ChannelDirectory, after_quiet_hours, apply_to_traits, best_time, customer_timezone, later_by,
+    next_local_time, over_fatigue_cap, over_frequency_cap, resolve_channel,
 };
 use crate::state::{
     CustomerState, Effect, Enrollment, Message, Profile, SendOutcome, SentMessage, SkipReason,
@@ -142,11 +142,7 @@ impl Engine {
         let mut cx = Cx::new(now);
         cx.instant = event.at.min(now);
         Arc::make_mut(&mut state.profile.history).push(event.clone());
-        if event.name == "unsubscribed"
-            && let Some(channel) = event.properties.get("channel").and_then(Value::as_str)
-        {
-            unsubscribe(&mut state.profile.traits, channel);
-        }
+        apply_to_traits(&mut state.profile.traits, event);
         self.route(state, event, &mut cx);
         self.enter_by_event(state, event, &mut cx);
         self.enter_by_segments(state, &event.properties, &mut cx);
@@ -536,7 +532,7 @@ impl Engine {
                     current.next
                 }
                 StepKind::Wait(duration) => {
-                    enrollment.wake = Some(cx.now + *duration);
+                    enrollment.wake = Some(later_by(cx.now, *duration));
                     return;
                 }
                 StepKind::WaitUntil { time, timezone } => {
@@ -547,7 +543,7 @@ impl Engine {
                     return;
                 }
                 StepKind::WaitFor { timeout, .. } => {
-                    enrollment.wake = timeout.map(|t| cx.now + t);
+                    enrollment.wake = timeout.map(|t| later_by(cx.now, t));
                     return;
                 }
                 StepKind::Branch { arms, otherwise } => {
@@ -674,6 +670,8 @@ impl Engine {
                 event: &enrollment.event,
                 trigger: &enrollment.trigger,
                 journey_id: &version.journey.id,
+                now: cx.now,
+                timezone: customer_timezone(&profile.traits, policy),
             };
             template.map_or_else(
                 || Err(format!("no template `{}`", send.template)),

@@ -5,7 +5,7 @@ use chrono_tz::Tz;
 use serde_json::{Map, Value};
 use waymark_journey::{Cap, ChannelChoice, Policy, QuietHours, SendStep, Template};
 
-use crate::history::EventLog;
+use crate::history::{Event, EventLog};
 use crate::state::Profile;
 
 /// The channels there are, and which profile trait holds a customer's address on each.
@@ -120,8 +120,25 @@ fn names_channel(value: Option<&Value>, channel: &str) -> bool {
 }
 
 /// Adds `channel` to the customer's `unsubscribed` list (the `unsubscribed` event).
-pub fn unsubscribe(traits: &mut Map<String, Value>, channel: &str) {
-    add_to_list(traits, "unsubscribed", channel);
+/// `all` makes the trait the string `all`, as the language writes it, and a channel
+/// unsubscribed later leaves it so.
+fn unsubscribe(traits: &mut Map<String, Value>, channel: &str) {
+    if channel == "all" {
+        traits.insert("unsubscribed".to_owned(), Value::String("all".to_owned()));
+    } else {
+        add_to_list(traits, "unsubscribed", channel);
+    }
+}
+
+/// What an event does to the traits on its own, before any journey sees it: an
+/// `unsubscribed` event with a `channel` unsubscribes the customer from it. This holds
+/// for an event from a scenario test's `history:` too, which no journey sees.
+pub fn apply_to_traits(traits: &mut Map<String, Value>, event: &Event) {
+    if event.name == "unsubscribed"
+        && let Some(channel) = event.properties.get("channel").and_then(Value::as_str)
+    {
+        unsubscribe(traits, channel);
+    }
 }
 
 /// Marks the customer's address on `channel` as gone for good (a provider's answer).
@@ -142,6 +159,30 @@ fn add_to_list(traits: &mut Map<String, Value>, key: &str, channel: &str) {
     traits.insert(key.to_owned(), Value::Array(list));
 }
 
+/// `at` plus `d`, saturating at the ends of time: a timer past the last representable
+/// instant is set there, which no clock reaches, so it never fires. The checker keeps
+/// durations to a century, so only a journey built in code gets near the edge; this
+/// keeps such a journey from taking down the daemon.
+pub fn later_by(at: DateTime<Utc>, d: TimeDelta) -> DateTime<Utc> {
+    at.checked_add_signed(d)
+        .unwrap_or(if d < TimeDelta::zero() {
+            DateTime::<Utc>::MIN_UTC
+        } else {
+            DateTime::<Utc>::MAX_UTC
+        })
+}
+
+/// The start of the trailing window of length `d` that ends at `now`, exclusive; `None`
+/// when the window reaches past the first representable instant and so covers all
+/// history.
+fn window_start(now: DateTime<Utc>, d: TimeDelta) -> Option<DateTime<Utc>> {
+    match now.checked_sub_signed(d) {
+        Some(from) => Some(from),
+        None if d > TimeDelta::zero() => None,
+        None => Some(DateTime::<Utc>::MAX_UTC),
+    }
+}
+
 /// The UTC instant of a local date and time, DST-correct: an ambiguous time (clocks
 /// going back) is its first occurrence; a time in a gap (clocks going forward) is the
 /// first instant after the gap.
@@ -151,7 +192,10 @@ pub fn local_to_utc(tz: Tz, local: NaiveDateTime) -> DateTime<Utc> {
         if let Some(t) = candidate.and_local_timezone(tz).earliest() {
             return t.with_timezone(&Utc);
         }
-        candidate += TimeDelta::minutes(1);
+        let Some(next) = candidate.checked_add_signed(TimeDelta::minutes(1)) else {
+            break;
+        };
+        candidate = next;
     }
     local.and_utc()
 }
@@ -196,7 +240,8 @@ pub fn best_time(
     history: &EventLog,
 ) -> DateTime<Utc> {
     let mut per_hour = [0_u32; 24];
-    for event in history.between(instant - TimeDelta::days(90), instant) {
+    let since = window_start(instant, TimeDelta::days(90)).unwrap_or(DateTime::<Utc>::MIN_UTC);
+    for event in history.between(since, instant) {
         per_hour[event.at.with_timezone(&tz).hour() as usize] += 1;
     }
     let Some((hour, _)) = per_hour
@@ -218,11 +263,11 @@ pub fn best_time(
 /// How many messages (on `channel`, when the cap names one) went out in the trailing
 /// window `(now - per, now]`.
 fn sent_within(profile: &Profile, cap: &Cap, channel: Option<&str>, now: DateTime<Utc>) -> usize {
-    let from = now - cap.per;
+    let from = window_start(now, cap.per);
     profile
         .messages
         .iter()
-        .filter(|m| m.at > from && m.at <= now)
+        .filter(|m| from.is_none_or(|from| m.at > from) && m.at <= now)
         .filter(|m| channel.is_none_or(|c| m.channel == c))
         .count()
 }
@@ -395,5 +440,39 @@ mod tests {
         assert_eq!(t, utc("2026-03-03T07:00:00Z"));
         let t = next_local_time(utc("2026-03-02T05:00:00Z"), Tz::Europe__Moscow, hm(10, 0));
         assert_eq!(t, utc("2026-03-02T07:00:00Z"));
+    }
+
+    #[test]
+    fn unsubscribing_from_all_makes_the_trait_the_string_all() {
+        let mut traits = Map::new();
+        unsubscribe(&mut traits, "email");
+        unsubscribe(&mut traits, "email");
+        assert_eq!(traits["unsubscribed"], serde_json::json!(["email"]));
+        unsubscribe(&mut traits, "all");
+        assert_eq!(traits["unsubscribed"], "all");
+        unsubscribe(&mut traits, "sms");
+        assert_eq!(traits["unsubscribed"], "all", "a later channel keeps `all`");
+        assert!(names_channel(traits.get("unsubscribed"), "telegram"));
+    }
+
+    #[test]
+    fn only_an_unsubscribed_event_with_a_channel_changes_the_traits() {
+        let event = |name: &str, properties: Value| Event {
+            name: name.to_owned(),
+            at: utc("2026-03-02T10:00:00Z"),
+            properties: properties.as_object().cloned().unwrap(),
+        };
+        let mut traits = Map::new();
+        apply_to_traits(&mut traits, &event("unsubscribed", serde_json::json!({})));
+        apply_to_traits(
+            &mut traits,
+            &event("opened", serde_json::json!({"channel": "sms"})),
+        );
+        assert!(traits.is_empty());
+        apply_to_traits(
+            &mut traits,
+            &event("unsubscribed", serde_json::json!({"channel": "sms"})),
+        );
+        assert_eq!(traits["unsubscribed"], serde_json::json!(["sms"]));
     }
 }

@@ -10,6 +10,7 @@ use waymark_journey::Trigger;
 
 use crate::engine::{Engine, EnrollError};
 use crate::history::Event;
+use crate::policy;
 use crate::state::{CustomerState, Effect};
 
 pub struct World {
@@ -69,12 +70,15 @@ impl World {
         self.customers.values()
     }
 
-    /// Creates or replaces a profile with traits and earlier events (no journey reacts).
+    /// Creates or replaces a profile with traits and earlier events. No journey reacts to
+    /// the events, but they change the traits as they would have when they happened (an
+    /// `unsubscribed` event unsubscribes).
     pub fn add_profile(&mut self, id: &str, traits: Map<String, Value>, history: Vec<Event>) {
         let mut state = CustomerState::new(id);
         state.profile.traits = traits;
         let log = std::sync::Arc::make_mut(&mut state.profile.history);
         for event in history {
+            policy::apply_to_traits(&mut state.profile.traits, &event);
             log.push(event);
         }
         self.customers.insert(id.to_owned(), state);

@@ -202,11 +202,13 @@ fn build_journey(
         exits: Vec::new(),
         holdout: 20,
         policy: PolicyOverride {
-            quiet_hours: quiet.then(|| waymark_journey::QuietHours {
-                start: chrono::NaiveTime::from_hms_opt(21, 0, 0).unwrap(),
-                end: chrono::NaiveTime::from_hms_opt(9, 0, 0).unwrap(),
-            }),
-            frequency_caps: Some(vec![waymark_journey::Cap {
+            quiet_hours: quiet
+                .then(|| waymark_journey::QuietHours {
+                    start: chrono::NaiveTime::from_hms_opt(21, 0, 0).unwrap(),
+                    end: chrono::NaiveTime::from_hms_opt(9, 0, 0).unwrap(),
+                })
+                .into(),
+            frequency_caps: waymark_journey::Setting::Set(vec![waymark_journey::Cap {
                 max: 3,
                 per: TimeDelta::days(1),
                 channel: None,

@@ -1,5 +1,6 @@
 //! `waymark graph`: draw one journey.
 
+use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -51,6 +52,19 @@ pub fn run(file: &Path, format: Format) -> anyhow::Result<ExitCode> {
         Format::Mermaid => graph::mermaid(journey),
         Format::Dot => graph::dot(journey),
     };
-    print!("{text}");
-    Ok(ExitCode::SUCCESS)
+    match write_out(&text) {
+        // The reader stopped early (`waymark graph FILE | head -1`): not a failure.
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        result => {
+            result?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `print!` would panic on a closed stdout; this hands the error back instead.
+fn write_out(text: &str) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()
 }

@@ -130,3 +130,20 @@ fn graph_draws_mermaid_and_dot() {
         "{out}"
     );
 }
+
+#[test]
+fn graph_into_a_closed_pipe_is_a_normal_end() {
+    let file = conformance().join("journeys/order_updates.yaml");
+    // `waymark graph FILE | head -1` once `head` has gone: no reader at all.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let output = Command::new(env!("CARGO_BIN_EXE_waymark"))
+        .arg("graph")
+        .arg(&file)
+        .stdout(writer)
+        .output()
+        .expect("the waymark binary runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+}
