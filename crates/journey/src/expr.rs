@@ -172,6 +172,7 @@ impl Expr {
                 });
             }
         }
+        check_variables(program.expression(), source)?;
         check_history_calls(program.expression(), source, &|id| {
             let (start, _) = program.source_info().offset_for(id)?;
             usize::try_from(start).ok()
@@ -544,6 +545,37 @@ fn check_history_calls(
     {
         Some(problem) => Err(problem),
         None => Ok(()),
+    }
+}
+
+/// Refuses a name that is none of [`VARIABLES`] nor bound by a macro (`x` in
+/// `items.exists(x, x > 0)`): a typo such as `evnt.total` would otherwise read as a
+/// missing value, and the condition would quietly never hold.
+fn check_variables(root: &IdedExpr, source: &str) -> Result<(), ExprError> {
+    let mut bound = Vec::new();
+    visit(root, &mut |node| {
+        if let Node::Comprehension(c) = &node.expr {
+            bound.push(c.iter_var.as_str());
+            bound.extend(c.iter_var2.as_deref());
+            bound.push(c.accu_var.as_str());
+        }
+    });
+    let references = root.references();
+    let mut unknown: Vec<&str> = references
+        .variables()
+        .into_iter()
+        .filter(|name| !VARIABLES.contains(name) && !bound.contains(name))
+        .collect();
+    unknown.sort_by_key(|name| source.find(name));
+    match unknown.first() {
+        None => Ok(()),
+        Some(name) => Err(ExprError {
+            message: format!(
+                "unknown name `{name}` in `{source}`: an expression reads `profile`, `event`, \
+                 `trigger` and `now`"
+            ),
+            offset: source.find(name).and_then(|at| char_offset(source, at)),
+        }),
     }
 }
 
@@ -1012,6 +1044,30 @@ mod tests {
         );
         assert!(Expr::compile("profile.name.startsWith('A')", Pos::default()).is_ok());
         assert!(Expr::compile("!in_segment(\"vip\") && -profile.debt < 0", Pos::default()).is_ok());
+    }
+
+    #[test]
+    fn refuses_names_that_are_not_variables_but_takes_macro_variables() {
+        let err = Expr::compile("profile.vip && evnt.total > 0", Pos::default()).unwrap_err();
+        assert!(
+            err.message.contains("unknown name `evnt`"),
+            "{}",
+            err.message
+        );
+        assert_eq!(err.offset, Some(15));
+        for source in [
+            "event.items.exists(i, i.price > 100)",
+            "event.items.all(i, i.qty > 0) && now > timestamp(\"2026-01-01T00:00:00Z\")",
+            "event.items.map(i, i.price).size() > 1",
+            "trigger.total > 0 || profile.points > 10",
+        ] {
+            let compiled = Expr::compile(source, Pos::default());
+            assert!(
+                compiled.is_ok(),
+                "{source}: {:?}",
+                compiled.err().map(|e| e.message)
+            );
+        }
     }
 
     #[test]
