@@ -44,6 +44,12 @@ pub enum Error {
     /// The inbox event was handled already (by another task or replica): drop the input.
     #[error("event {0} was handled already")]
     Handled(i64),
+    /// An earlier event of the customer, accepted (by another daemon sharing the
+    /// database) but not handled yet, must be handled before this one: handle the
+    /// customer's [`Store::unhandled_before`] first, then apply this input again. Only a
+    /// store many daemons share gives it.
+    #[error("customer `{customer}` has events before {seq} still to handle")]
+    Behind { customer: String, seq: i64 },
     /// The input's `messageId` was committed already within the dedup window: it was
     /// applied then, so drop it.
     #[error("message `{0}` was applied already")]
@@ -288,6 +294,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Accepted events not yet handled, oldest first, after sequence number `after`.
     async fn inbox(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>>;
+
+    /// The events addressed to `customer` not yet handled, with sequence numbers below
+    /// `seq`, oldest first: what [`Error::Behind`] asks to handle first.
+    async fn unhandled_before(&self, customer: &str, seq: i64) -> Result<Vec<StoredEvent>>;
 
     /// The customer's latest events, newest first.
     async fn recent_events(&self, customer: &str, limit: u32) -> Result<Vec<StoredEvent>>;

@@ -84,6 +84,11 @@ fn migrator() -> Migrator {
             "wake_index",
             include_str!("../migrations/postgres/0004_wake_index.sql"),
         ),
+        (
+            5,
+            "unhandled_index",
+            include_str!("../migrations/postgres/0005_unhandled_index.sql"),
+        ),
     ])
 }
 
@@ -276,20 +281,53 @@ fn contention_as_conflict(e: Error, customer: &str) -> Error {
     }
 }
 
+/// Marks inbox event `seq` handled by `profile`'s commit. The event's row is locked
+/// first, so a daemon handling it at the same moment waits, then finds it handled. One
+/// customer's events go in the order they were accepted, whichever daemon accepted each:
+/// while an earlier one addressed to the same id (or to the profile) is unhandled, the
+/// commit is refused with [`Error::Behind`].
+async fn consume_event(
+    tx: &mut Transaction<'static, Postgres>,
+    profile: &str,
+    seq: i64,
+) -> Result<()> {
+    let addressed: Option<String> = sqlx::query_scalar(
+        "SELECT customer FROM events WHERE seq = $1 AND NOT processed FOR UPDATE",
+    )
+    .bind(seq)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(addressed) = addressed else {
+        return Err(Error::Handled(seq));
+    };
+    let behind: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM events
+             WHERE NOT processed AND seq < $1 AND customer IN ($2, $3))",
+    )
+    .bind(seq)
+    .bind(&addressed)
+    .bind(profile)
+    .fetch_one(&mut **tx)
+    .await?;
+    if behind {
+        return Err(Error::Behind {
+            customer: addressed,
+            seq,
+        });
+    }
+    sqlx::query("UPDATE events SET processed = TRUE, customer = $1 WHERE seq = $2")
+        .bind(profile)
+        .bind(seq)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 /// The rows of one commit, written into `tx`; see [`Store::commit`].
 async fn write_commit(tx: &mut Transaction<'static, Postgres>, commit: Commit<'_>) -> Result<()> {
     let profile = &commit.state.profile;
     if let Some(seq) = commit.event {
-        let consumed = sqlx::query(
-            "UPDATE events SET processed = TRUE, customer = $1 WHERE seq = $2 AND NOT processed",
-        )
-        .bind(&profile.id)
-        .bind(seq)
-        .execute(&mut **tx)
-        .await?;
-        if consumed.rows_affected() == 0 {
-            return Err(Error::Handled(seq));
-        }
+        consume_event(tx, &profile.id, seq).await?;
     }
     if let Some(id) = commit.message_id
         && tables::keep_message_id(id, commit.now)
@@ -415,6 +453,13 @@ impl Store for PostgresStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
+        rows.iter().map(tables::stored_event).collect()
+    }
+
+    async fn unhandled_before(&self, customer: &str, seq: i64) -> Result<Vec<StoredEvent>> {
+        let rows = tables::unhandled_before(customer, seq)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(tables::stored_event).collect()
     }
 

@@ -66,6 +66,11 @@ fn migrator() -> Migrator {
             "wake_index",
             include_str!("../migrations/sqlite/0004_wake_index.sql"),
         ),
+        (
+            5,
+            "unhandled_index",
+            include_str!("../migrations/sqlite/0005_unhandled_index.sql"),
+        ),
     ])
 }
 
@@ -433,6 +438,13 @@ impl Store for SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&self.reader)
         .await?;
+        rows.iter().map(tables::stored_event).collect()
+    }
+
+    async fn unhandled_before(&self, customer: &str, seq: i64) -> Result<Vec<StoredEvent>> {
+        let rows = tables::unhandled_before(customer, seq)
+            .fetch_all(&self.reader)
+            .await?;
         rows.iter().map(tables::stored_event).collect()
     }
 

@@ -426,6 +426,20 @@ pub(crate) fn expired_outcome() -> (&'static str, &'static str) {
     (outcome, reason.unwrap_or_default())
 }
 
+/// The unhandled events addressed to `customer` before `seq`, oldest first; read with
+/// [`stored_event`].
+pub(crate) fn unhandled_before<DB: Database>(customer: &str, seq: i64) -> Statement<DB>
+where
+    Statement<DB>: Params,
+{
+    sqlx::query(
+        "SELECT seq, customer, name, at, properties, message_id, processed FROM events
+         WHERE customer = $1 AND seq < $2 AND NOT processed ORDER BY seq",
+    )
+    .text(customer)
+    .int(seq)
+}
+
 /// Keeps `message_id` as seen at `now`, unless it was seen within the dedup window:
 /// returns a row only when it was kept (a repeat returns none).
 pub(crate) fn keep_message_id<DB: Database>(message_id: &str, now: DateTime<Utc>) -> Statement<DB>

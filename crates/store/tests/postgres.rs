@@ -256,3 +256,43 @@ async fn concurrent_duplicates_of_one_message_id_are_accepted_once() {
     })
     .await;
 }
+
+/// One customer's events accepted by two replicas go in the order they were accepted: a
+/// commit of the later one, while the earlier one is unhandled, is refused as behind,
+/// and the earlier one is there to handle first.
+#[tokio::test]
+async fn a_later_event_of_a_customer_waits_for_an_earlier_one_another_replica_accepted() {
+    in_fresh_schema(2, |r| async move {
+        let [a, b] = [r.stores[0].clone(), r.stores[1].clone()];
+        let accept = |store: Arc<dyn Store>, name: &'static str| async move {
+            match store.ingest_event(&new_event("ann", name, None), t0()).await {
+                Ok(Ingested::Accepted(seq)) => seq,
+                other => panic!("{other:?}"),
+            }
+        };
+        let first = accept(a.clone(), "cart_abandoned").await;
+        let second = accept(b.clone(), "order_completed").await;
+        let handle = |seq| {
+            let b = b.clone();
+            async move {
+                let ann = b.load_customer("ann").await.unwrap();
+                b.commit(Commit {
+                    event: Some(seq),
+                    ..commit(&ann)
+                })
+                .await
+            }
+        };
+        let refused = handle(second).await;
+        assert!(
+            matches!(&refused, Err(Error::Behind { customer, seq }) if customer == "ann" && *seq == second),
+            "{refused:?}"
+        );
+        let earlier = b.unhandled_before("ann", second).await.unwrap();
+        assert_eq!(earlier.iter().map(|e| e.seq).collect::<Vec<_>>(), [first]);
+        handle(first).await.unwrap();
+        handle(second).await.unwrap();
+        assert!(b.unhandled_before("ann", second + 1).await.unwrap().is_empty());
+    })
+    .await;
+}

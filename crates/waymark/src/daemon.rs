@@ -486,6 +486,9 @@ impl Daemon {
                     self.metrics.conflicts.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(StoreError::Handled(_)) => return Ok(Applied::default()),
+                Err(StoreError::Behind { customer, seq }) => {
+                    self.handle_earlier(key, &customer, seq).await?;
+                }
                 Err(StoreError::Repeated(_)) => {
                     return Ok(Applied {
                         customer: outcome.state.profile.id,
@@ -497,6 +500,27 @@ impl Daemon {
             }
         }
         Err(StoreError::Conflict(key.to_owned()).into())
+    }
+
+    /// Handles here and now the events accepted before `seq` for `addressed` (or for the
+    /// profile `key`) and not handled yet: another daemon sharing the database accepted
+    /// them, and one customer's events go in the order they came. Should that daemon get
+    /// to one first, this one finds it handled and goes on.
+    async fn handle_earlier(&self, key: &str, addressed: &str, seq: i64) -> Result<(), ApplyError> {
+        let mut earlier = self.store.unhandled_before(addressed, seq).await?;
+        if addressed != key {
+            earlier.extend(self.store.unhandled_before(key, seq).await?);
+        }
+        earlier.sort_by_key(|e| e.seq);
+        earlier.dedup_by_key(|e| e.seq);
+        for stored in earlier {
+            let input = Input::Event {
+                seq: stored.seq,
+                event: stored.event,
+            };
+            Box::pin(self.apply(key, &input)).await?;
+        }
+        Ok(())
     }
 
     /// Runs the engine on a loaded customer (and, for an alias, the profile merged into

@@ -11,7 +11,9 @@ use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use serde_json::{Map, Value, json};
 use waymark_journey::{Outcome, Policy};
 use waymark_scheduler::{ConventionalChannels, Effect, Engine, Event, SendOutcome, Status};
-use waymark_store::{Commit, Customer, Error, Ingested, JourneyVersion, NewEvent, Store};
+use waymark_store::{
+    Commit, Customer, Error, Ingested, JourneyVersion, NewEvent, Store, StoredEvent,
+};
 
 /// One `#[tokio::test]` per contract test, for the backend that `$run` opens: `$run`
 /// takes a test body, hands it a [`Fixture`] on a fresh store and cleans up afterwards.
@@ -38,6 +40,7 @@ macro_rules! suite {
             messages_committed_claimed_wait_for_their_committer_until_the_claim_runs_out,
             messages_that_came_too_late_are_skipped_as_expired_for_good,
             a_commit_with_a_message_id_applies_once_within_seven_days,
+            a_customers_unhandled_events_before_one_are_listed_oldest_first,
         );
     };
     ($run:path: $($test:ident),+ $(,)?) => {
@@ -1102,24 +1105,67 @@ pub async fn a_commit_with_a_message_id_applies_once_within_seven_days(f: Fixtur
     let unchanged = f.store.load_customer("ann").await.unwrap();
     assert_eq!(unchanged.revision, ann.revision, "a repeat writes nothing");
 
-    // In one batch: the first of two commits with one id is written, the second refused.
+    // In one batch, two commits with one id (two requests at once): one is written, the
+    // other refused and not written.
     let bob = f.store.load_customer("bob").await.unwrap();
     let cy = f.store.load_customer("cy").await.unwrap();
     let results = f
         .store
         .commit_many(&[with_id(&bob, "e-2", t0()), with_id(&cy, "e-2", t0())])
         .await;
-    assert!(results[0].is_ok(), "{results:?}");
-    assert!(
-        matches!(&results[1], Err(Error::Repeated(id)) if id == "e-2"),
-        "{results:?}"
-    );
-    assert_eq!(f.store.load_customer("bob").await.unwrap().revision, 1);
-    assert_eq!(f.store.load_customer("cy").await.unwrap().revision, 0);
+    let refused = |r: &Result<(), Error>| matches!(r, Err(Error::Repeated(id)) if id == "e-2");
+    let written = match (&results[0], &results[1]) {
+        (Ok(()), other) if refused(other) => "bob",
+        (other, Ok(())) if refused(other) => "cy",
+        _ => panic!("not one written and one refused: {results:?}"),
+    };
+    for id in ["bob", "cy"] {
+        let revision = f.store.load_customer(id).await.unwrap().revision;
+        assert_eq!(revision, i64::from(id == written), "{id}");
+    }
 
     let later = f
         .store
         .commit(with_id(&ann, "e-1", t0() + TimeDelta::days(8)))
         .await;
     assert!(later.is_ok(), "{later:?}");
+}
+
+/// The unhandled events addressed to one id before a sequence number, oldest first; other
+/// customers' events, handled ones and later ones are left out.
+pub async fn a_customers_unhandled_events_before_one_are_listed_oldest_first(f: Fixture) {
+    let mut seqs = Vec::new();
+    for (customer, name) in [("ann", "a"), ("bob", "b"), ("ann", "c"), ("ann", "d")] {
+        match f
+            .store
+            .ingest_event(&new_event(customer, name, None), t0())
+            .await
+            .unwrap()
+        {
+            Ingested::Accepted(seq) => seqs.push(seq),
+            Ingested::Duplicate => unreachable!("no message id"),
+        }
+    }
+    let names = |events: Vec<StoredEvent>| -> Vec<String> {
+        events.into_iter().map(|e| e.event.name).collect()
+    };
+    let before_last = f.store.unhandled_before("ann", seqs[3]).await.unwrap();
+    assert_eq!(names(before_last), ["a", "c"]);
+    let ann = f.store.load_customer("ann").await.unwrap();
+    f.store
+        .commit(Commit {
+            event: Some(seqs[0]),
+            ..commit(&ann)
+        })
+        .await
+        .unwrap();
+    let before_last = f.store.unhandled_before("ann", seqs[3]).await.unwrap();
+    assert_eq!(names(before_last), ["c"]);
+    assert!(
+        f.store
+            .unhandled_before("bob", seqs[1])
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
