@@ -519,6 +519,26 @@ fn check_history_calls(
             });
             return;
         }
+        // An event, property or segment name written as a number or boolean names
+        // nothing: the call would be false (or zero) for every customer.
+        for (param, arg) in function.params.iter().zip(&call.args) {
+            let Node::Literal(literal) = &arg.expr else {
+                continue;
+            };
+            if matches!(*param, "event" | "property" | "segment")
+                && !matches!(literal, LiteralValue::String(_))
+            {
+                problems.push(ExprError {
+                    message: format!(
+                        "the {param} of `{}` is a name in quotes, such as \"order_completed\", not {}, in `{source}`",
+                        function.name,
+                        literal.to_val().get_type().name()
+                    ),
+                    offset: byte_offset_of(arg.id).and_then(|at| char_offset(source, at)),
+                });
+                return;
+            }
+        }
         let Some(window) = function.window.and_then(|i| call.args.get(i)) else {
             return;
         };

@@ -164,13 +164,15 @@ pub(crate) fn parse_journey(
         None => Some(Reentry::Never),
         Some(n) => reentry(r, n),
     };
-    let goal = parse::get(entries, "goal").map(|n| event_match(r, n, "`goal`", env));
-    let exits: Vec<Option<EventMatch>> = parse::get(entries, "exit")
-        .map(|n| {
-            parse::one_or_many(n)
+    let goal = parse::get_entry(entries, "goal")
+        .map(|(k, n)| event_match(r, n, (k.pos, k.len), "`goal`", env));
+    let exits: Vec<Option<EventMatch>> = parse::get_entry(entries, "exit")
+        .map(|(k, n)| match &n.value {
+            NodeValue::Seq(items) => items
                 .iter()
-                .map(|item| event_match(r, item, "`exit`", env))
-                .collect()
+                .map(|item| event_match(r, item, (item.pos, 0), "`exit`", env))
+                .collect(),
+            _ => vec![event_match(r, n, (k.pos, k.len), "`exit`", env)],
         })
         .unwrap_or_default();
     let holdout = match parse::get(entries, "holdout") {
@@ -571,16 +573,12 @@ fn reentry(r: &mut Report<'_>, node: &Node) -> Option<Reentry> {
             parse::duration(r, node, "`reentry`").map(Reentry::After)
         }
         _ => {
-            let found = node
-                .as_str()
-                .map_or_else(|| node.kind_name().to_owned(), |s| format!("`{s}`"));
-            r.error(
-                node,
-                codes::INVALID_VALUE,
-                format!(
-                    "invalid `reentry` {found}: expected `never`, `always` or a duration such as 7d"
-                ),
-            );
+            let expected = "expected `never`, `always` or a duration such as 7d";
+            let message = match node.as_str() {
+                Some(s) => format!("invalid `reentry` `{s}`: {expected}"),
+                None => format!("invalid `reentry`: {expected}, found {}", node.kind_name()),
+            };
+            r.error(node, codes::INVALID_VALUE, message);
             None
         }
     }
@@ -600,8 +598,15 @@ fn holdout(r: &mut Report<'_>, node: &Node) -> Option<u8> {
     }
 }
 
-/// `{event: NAME, where: EXPR}`, or just `NAME`.
-fn event_match(r: &mut Report<'_>, node: &Node, what: &str, env: &Env<'_>) -> Option<EventMatch> {
+/// `{event: NAME, where: EXPR}`, or just `NAME`; a missing `event` is reported at `at`,
+/// the key or list item that holds the mapping.
+fn event_match(
+    r: &mut Report<'_>,
+    node: &Node,
+    at: (Pos, u32),
+    what: &str,
+    env: &Env<'_>,
+) -> Option<EventMatch> {
     if !matches!(node.value, NodeValue::Map(_)) {
         let event = parse::name(r, node, what)?;
         return Some(EventMatch {
@@ -612,8 +617,8 @@ fn event_match(r: &mut Report<'_>, node: &Node, what: &str, env: &Env<'_>) -> Op
     }
     let entries = parse::map(r, node, what)?;
     parse::check_keys(r, entries, &["event", "where"], what);
-    let event = parse::require(r, entries, "event", (node.pos, 0), what)
-        .and_then(|n| parse::name(r, n, "`event`"));
+    let event =
+        parse::require(r, entries, "event", at, what).and_then(|n| parse::name(r, n, "`event`"));
     let condition =
         parse::get(entries, "where").map(|n| parse::expr(r, n, env.segments, "`where`"));
     Some(EventMatch {
@@ -738,11 +743,11 @@ impl JourneyParser<'_, '_, '_> {
         };
         let kind = match kind {
             "send" => self.send(entries, kind_node, &what).map(StepKind::Send),
-            "wait" => self.wait(entries, kind_node, &what),
+            "wait" => self.wait(entries, kind_key, kind_node, &what),
             "wait_for" => self.wait_for(index, entries, kind_key, kind_node, &what),
-            "branch" => self.branch(index, kind_node, &what),
+            "branch" => self.branch(index, kind_key, kind_node, &what),
             "split" => self.split(index, kind_node, &what),
-            "update" => self.update(kind_node, &what),
+            "update" => self.update(kind_key, kind_node, &what),
             _ => exit_outcome(self.r, kind_node),
         };
         Some(Step {
@@ -754,8 +759,13 @@ impl JourneyParser<'_, '_, '_> {
         })
     }
 
-    fn send(&mut self, entries: &[(Key, Node)], channel: &Node, what: &str) -> Option<SendStep> {
-        let channel = parse::name(self.r, channel, "`send`").map(|c| {
+    fn send(
+        &mut self,
+        entries: &[(Key, Node)],
+        channel_node: &Node,
+        what: &str,
+    ) -> Option<SendStep> {
+        let channel = parse::name(self.r, channel_node, "`send`").map(|c| {
             if c == "preferred" {
                 ChannelChoice::Preferred
             } else {
@@ -810,15 +820,42 @@ impl JourneyParser<'_, '_, '_> {
             return None;
         }
         if let Some(t) = self.env.templates.get(&template) {
-            let mut reachable: Vec<&str> = match &channel {
-                ChannelChoice::Named(c) => vec![c.as_str()],
-                ChannelChoice::Preferred => {
-                    self.preferred_channels.iter().map(String::as_str).collect()
-                }
+            // Each channel the send can reach, with where it is written when it is.
+            let mut reachable: Vec<(&str, Option<&Node>)> = match &channel {
+                ChannelChoice::Named(c) => vec![(c.as_str(), Some(channel_node))],
+                ChannelChoice::Preferred => self
+                    .preferred_channels
+                    .iter()
+                    .map(|c| (c.as_str(), None))
+                    .collect(),
             };
-            reachable.extend(fallback.iter().map(|(c, _)| c.as_str()));
-            let mut missing: Vec<&str> = reachable.into_iter().filter(|c| !t.has_part(c)).collect();
-            missing.dedup();
+            reachable.extend(fallback.iter().map(|(c, n)| (c.as_str(), Some(n))));
+            let mut missing: Vec<&str> = Vec::new();
+            let mut ok = true;
+            for (c, written) in reachable {
+                if t.has_part(c) || missing.contains(&c) {
+                    continue;
+                }
+                // A name the language does not know may be a webhook the daemon defines,
+                // but with no part for it in the template it is more likely a typo
+                // (`emial`) or a channel that does not exist: point at the name rather than
+                // at the template.
+                match written.filter(|_| !crate::load::MESSENGERS.contains(&c)) {
+                    Some(node) => {
+                        let known = crate::load::MESSENGERS.iter().copied();
+                        let hint = parse::suggestion(c, known.chain(["preferred"]));
+                        self.r.error(
+                            node,
+                            codes::TEMPLATE_LACKS_CHANNEL,
+                            format!(
+                                "template `{template}` has no part for channel `{c}`, which {what} can send on{hint}"
+                            ),
+                        );
+                        ok = false;
+                    }
+                    None => missing.push(c),
+                }
+            }
             if !missing.is_empty() {
                 let list = missing
                     .iter()
@@ -838,6 +875,9 @@ impl JourneyParser<'_, '_, '_> {
                         "template `{template}` has no part for channel {list}, which {what} can send on{why}"
                     ),
                 );
+                ok = false;
+            }
+            if !ok {
                 return None;
             }
         }
@@ -852,7 +892,13 @@ impl JourneyParser<'_, '_, '_> {
 
     /// `wait: DURATION`, or `wait: {until: "HH:MM"}` with an optional `timezone` inside it
     /// or beside it (`step` is the whole step's mapping).
-    fn wait(&mut self, step: &[(Key, Node)], node: &Node, what: &str) -> Option<StepKind> {
+    fn wait(
+        &mut self,
+        step: &[(Key, Node)],
+        kind_key: &Key,
+        node: &Node,
+        what: &str,
+    ) -> Option<StepKind> {
         let beside = parse::get_entry(step, "timezone");
         let Some(entries) = node.as_map() else {
             let wait = parse::positive_duration(self.r, node, "`wait`");
@@ -878,7 +924,7 @@ impl JourneyParser<'_, '_, '_> {
             self.r,
             entries,
             "until",
-            (node.pos, 0),
+            (kind_key.pos, kind_key.len),
             &format!("`wait` of {what}"),
         )
         .and_then(|n| parse::time_of_day(self.r, n, "`until`"));
@@ -966,7 +1012,13 @@ impl JourneyParser<'_, '_, '_> {
         })
     }
 
-    fn branch(&mut self, index: usize, node: &Node, what: &str) -> Option<StepKind> {
+    fn branch(
+        &mut self,
+        index: usize,
+        kind_key: &Key,
+        node: &Node,
+        what: &str,
+    ) -> Option<StepKind> {
         let Some(items) = node.as_seq() else {
             self.r.error(
                 node,
@@ -1014,8 +1066,8 @@ impl JourneyParser<'_, '_, '_> {
             }
         }
         if !saw_else {
-            self.r.error(
-                node,
+            self.r.error_key(
+                kind_key,
                 codes::MISSING_KEY,
                 format!("{what} needs a last `- else: STEP` for customers no condition matches"),
             );
@@ -1084,11 +1136,12 @@ impl JourneyParser<'_, '_, '_> {
         ok.then_some(StepKind::Split { variants })
     }
 
-    fn update(&mut self, node: &Node, what: &str) -> Option<StepKind> {
+    fn update(&mut self, kind_key: &Key, node: &Node, what: &str) -> Option<StepKind> {
         let inner = format!("`update` of {what}");
         let entries = parse::map(self.r, node, &inner)?;
         parse::check_keys(self.r, entries, &["traits"], &inner);
-        let traits = parse::require(self.r, entries, "traits", (node.pos, 0), &inner)?;
+        let at = (kind_key.pos, kind_key.len);
+        let traits = parse::require(self.r, entries, "traits", at, &inner)?;
         let traits = parse::map(self.r, traits, "`traits`")?;
         let mut out = Vec::new();
         let mut ok = true;
@@ -1164,14 +1217,15 @@ fn exit_outcome(r: &mut Report<'_>, node: &Node) -> Option<StepKind> {
         _ => None,
     };
     if outcome.is_none() {
-        let found = node
-            .as_str()
-            .map_or_else(|| node.kind_name().to_owned(), |s| format!("`{s}`"));
-        r.error(
-            node,
-            codes::INVALID_VALUE,
-            format!("invalid exit outcome {found}: expected `completed`, `converted` or `exited`"),
-        );
+        let expected = "expected `completed`, `converted` or `exited`";
+        let message = match node.as_str() {
+            Some(s) => format!("invalid exit outcome `{s}`: {expected}"),
+            None => format!(
+                "invalid exit outcome: {expected}, found {}",
+                node.kind_name()
+            ),
+        };
+        r.error(node, codes::INVALID_VALUE, message);
     }
     outcome.map(|outcome| StepKind::Exit { outcome })
 }

@@ -99,8 +99,7 @@ pub fn load_report(root: &Path, extra_journeys: &[PathBuf]) -> LoadReport {
         templates: &templates,
         template_names: &template_names,
     };
-    let mut journeys: Vec<Journey> = Vec::new();
-    let mut ids: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut parsed_files = Vec::new();
     for path in &journey_files {
         let Some(node) = read_yaml(path, &mut sources, &mut diagnostics) else {
             continue;
@@ -110,20 +109,28 @@ pub fn load_report(root: &Path, extra_journeys: &[PathBuf]) -> LoadReport {
             diagnostics: &mut diagnostics,
         };
         let parsed = journey_file::parse_journey(&mut r, &node, &env, path);
+        parsed_files.push((path, parsed));
+    }
+    let owners = id_owners(&parsed_files);
+    let mut journeys: Vec<Journey> = Vec::new();
+    for (path, parsed) in parsed_files {
         if let Some((id, pos, len)) = &parsed.id {
-            if let Some(first) = ids.get(id) {
-                r.error_at(
-                    *pos,
-                    *len,
-                    codes::DUPLICATE_ID,
-                    format!(
-                        "duplicate journey id `{id}`: {} already has it",
-                        first.display()
-                    ),
+            let owner = owners[id];
+            if owner != path {
+                diagnostics.push(
+                    Diagnostic::error(
+                        path,
+                        *pos,
+                        codes::DUPLICATE_ID,
+                        format!(
+                            "duplicate journey id `{id}`: {} already has it",
+                            owner.display()
+                        ),
+                    )
+                    .with_len(*len),
                 );
                 continue;
             }
-            ids.insert(id.clone(), path.clone());
         }
         if let Some(mut journey) = parsed.journey {
             journey.version = version(path, &sources, &parsed.templates, root);
@@ -154,6 +161,27 @@ pub fn load_report(root: &Path, extra_journeys: &[PathBuf]) -> LoadReport {
         journey_files,
         template_files,
     }
+}
+
+/// Which file keeps each journey id when several files claim it; the others are told
+/// it is taken. The file named after the id (`welcome.yaml` for `welcome`) is the id's
+/// natural home, so a copy made from it under another name is the one at fault, whatever
+/// the names' order; otherwise the first file in name order keeps it.
+fn id_owners<'p>(parsed: &[(&'p PathBuf, journey_file::Parsed)]) -> BTreeMap<String, &'p PathBuf> {
+    let mut owners: BTreeMap<String, &PathBuf> = BTreeMap::new();
+    for (path, p) in parsed {
+        let Some((id, ..)) = &p.id else { continue };
+        let named_after = |path: &Path| path.file_stem().is_some_and(|s| s == id.as_str());
+        owners
+            .entry(id.clone())
+            .and_modify(|owner| {
+                if named_after(path) && !named_after(owner) {
+                    *owner = path;
+                }
+            })
+            .or_insert(path);
+    }
+    owners
 }
 
 /// Reads and parses a file, keeping its text for diagnostics and version hashes.
@@ -404,7 +432,7 @@ fn report_segment_cycles(r: &mut Report<'_>, entries: &[(yaml::Key, Node)], edge
 
 /// The channels the language names (section 5), which take `text`; any other channel
 /// name is a webhook, which takes `body`.
-const MESSENGERS: [&str; 7] = [
+pub(crate) const MESSENGERS: [&str; 7] = [
     "email", "sms", "telegram", "whatsapp", "vk", "viber", "push",
 ];
 
@@ -568,7 +596,7 @@ fn load_template(
                     texts.insert(field, liquid);
                 }
                 Err(e) => {
-                    let (offset, why) = liquid_error(&e);
+                    let (offset, why) = liquid_error(&e, &text);
                     let pos = offset.map_or(value.pos, |o| value.pos_at(o));
                     r.error_at(
                         pos,
@@ -590,17 +618,19 @@ fn load_template(
     })
 }
 
-/// Liquid's errors are drawn like a compiler's (`--> 1:4`, the line, `= expected ...`);
-/// keep the reason and, for a problem on the first line, the character offset.
-fn liquid_error(error: &str) -> (Option<usize>, String) {
-    let reason: Vec<&str> = error
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("= "))
-        .collect();
-    let reason = if reason.is_empty() {
-        error.trim().replace('\n', " ")
-    } else {
-        reason.join("; ")
+/// Liquid's errors are drawn like a compiler's (`--> 1:4`, the line, `= expected ...`)
+/// and carry `name=value` details; keep the reason and, for a problem on the first line,
+/// the character offset into `text`. An unknown filter or tag is named, with the closest
+/// known one, rather than listing every name Liquid has.
+fn liquid_error(error: &str, text: &str) -> (Option<usize>, String) {
+    let detail = |name: &str| {
+        error
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(name)?.strip_prefix('='))
+            .map(str::trim)
+    };
+    let known = |name: &str| -> Vec<&str> {
+        detail(name).map_or_else(Vec::new, |list| list.split(", ").collect())
     };
     let offset = error
         .split_once("--> ")
@@ -609,6 +639,40 @@ fn liquid_error(error: &str) -> (Option<usize>, String) {
         .filter(|(line, _)| *line == "1")
         .and_then(|(_, column)| column.parse::<usize>().ok())
         .map(|column| column.saturating_sub(1));
+    let char_offset = |byte: usize| text[..byte].chars().count();
+    if let Some(filter) = detail("requested filter") {
+        let hint = parse::suggestion(filter, known("available filters"));
+        // Where the filter is written: after a `|`, so that a name also used as a
+        // variable is not found instead.
+        let at = text.match_indices('|').find_map(|(bar, _)| {
+            let rest = &text[bar + 1..];
+            let name_at = bar + 1 + (rest.len() - rest.trim_start().len());
+            text[name_at..]
+                .starts_with(filter)
+                .then(|| char_offset(name_at))
+        });
+        return (at, format!("unknown filter `{filter}`{hint}"));
+    }
+    if let Some(tag) = detail("requested") {
+        let mut names = known("available tags");
+        names.extend(known("available blocks"));
+        let hint = parse::suggestion(tag, names);
+        return (offset, format!("unknown tag `{tag}`{hint}"));
+    }
+    let reason: Vec<&str> = error
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("= "))
+        .collect();
+    let reason = if reason.is_empty() {
+        let first = error.lines().next().unwrap_or_default();
+        let first = first.trim_start_matches("liquid:").trim();
+        match detail("cause") {
+            Some(cause) => format!("{first}: {cause}"),
+            None => first.to_owned(),
+        }
+    } else {
+        reason.join("; ")
+    };
     (offset, reason)
 }
 

@@ -44,6 +44,13 @@ impl Report<'_> {
         self.error_at(key.pos, key.len, code, message);
     }
 
+    /// Whether an error with `code` was reported at `pos` in this file.
+    pub fn has_error_at(&self, pos: Pos, code: &str) -> bool {
+        self.diagnostics
+            .iter()
+            .any(|d| d.is_error() && d.pos == pos && d.code == code && d.file == self.file)
+    }
+
     pub fn error_count(&self) -> usize {
         self.diagnostics.iter().filter(|d| d.is_error()).count()
     }
@@ -130,6 +137,10 @@ pub(crate) fn get_entry<'n>(entries: &'n [(Key, Node)], key: &str) -> Option<&'n
 }
 
 /// The value under `key`, or an error at `at` saying it is missing.
+///
+/// A key already reported as unknown that looks like a misspelling of `key` (`evnt` for
+/// `event`) explains the absence: the error there suggests `key`, and a second error
+/// elsewhere would only lead the reader away from the typo. Callers check keys first.
 pub(crate) fn require<'n>(
     r: &mut Report<'_>,
     entries: &'n [(Key, Node)],
@@ -138,7 +149,12 @@ pub(crate) fn require<'n>(
     what: &str,
 ) -> Option<&'n Node> {
     let found = get(entries, key);
-    if found.is_none() {
+    let misspelt = || {
+        entries.iter().any(|(k, _)| {
+            did_you_mean(&k.name, [key]).is_some() && r.has_error_at(k.pos, codes::UNKNOWN_KEY)
+        })
+    };
+    if found.is_none() && !misspelt() {
         r.error_at(
             at.0,
             at.1,

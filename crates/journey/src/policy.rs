@@ -4,9 +4,9 @@
 use std::path::Path;
 
 use crate::diagnostics::{Diagnostic, codes};
-use crate::model::{Cap, Fatigue, PolicyOverride, Setting};
+use crate::model::{Cap, Fatigue, PolicyOverride, Pos, Setting};
 use crate::parse::{self, Report};
-use crate::yaml::Node;
+use crate::yaml::{Key, Node, NodeValue};
 
 const POLICY_KEYS: [&str; 6] = [
     "timezone",
@@ -78,17 +78,20 @@ pub(crate) fn policy(r: &mut Report<'_>, node: &Node) -> Option<PolicyOverride> 
     if let Some(n) = parse::get(entries, "quiet_hours") {
         out.quiet_hours = setting(r, n, parse::quiet_hours);
     }
-    if let Some(n) = parse::get(entries, "frequency_cap") {
+    if let Some((k, n)) = parse::get_entry(entries, "frequency_cap") {
         out.frequency_caps = setting(r, n, |r, n| {
-            let caps: Vec<Option<Cap>> = parse::one_or_many(n)
-                .iter()
-                .map(|c| cap(r, c, "`frequency_cap`", true))
-                .collect();
+            let caps: Vec<Option<Cap>> = match &n.value {
+                NodeValue::Seq(items) => items
+                    .iter()
+                    .map(|c| cap(r, c, (c.pos, 0), "`frequency_cap`", true))
+                    .collect(),
+                _ => vec![cap(r, n, (k.pos, k.len), "`frequency_cap`", true)],
+            };
             caps.into_iter().collect()
         });
     }
-    if let Some(n) = parse::get(entries, "fatigue") {
-        out.fatigue = setting(r, n, fatigue);
+    if let Some((k, n)) = parse::get_entry(entries, "fatigue") {
+        out.fatigue = setting(r, n, |r, n| fatigue(r, k, n));
     }
     if let Some(n) = parse::get(entries, "max_lateness") {
         out.max_lateness = parse::duration(r, n, "`max_lateness`");
@@ -145,7 +148,14 @@ fn channels(r: &mut Report<'_>, node: &Node) -> Option<Vec<String>> {
 }
 
 /// `{max: 3, per: 7d, channel: email}`; `channel` only where a cap may be per channel.
-fn cap(r: &mut Report<'_>, node: &Node, what: &str, channel_allowed: bool) -> Option<Cap> {
+/// A missing key is reported at `at`, the key or list item that holds the cap.
+fn cap(
+    r: &mut Report<'_>,
+    node: &Node,
+    at: (Pos, u32),
+    what: &str,
+    channel_allowed: bool,
+) -> Option<Cap> {
     let entries = parse::map(r, node, what)?;
     let allowed: &[&str] = if channel_allowed {
         &["max", "per", "channel"]
@@ -153,7 +163,6 @@ fn cap(r: &mut Report<'_>, node: &Node, what: &str, channel_allowed: bool) -> Op
         &["max", "per"]
     };
     parse::check_keys(r, entries, allowed, what);
-    let at = (node.pos, node.len);
     let max =
         parse::require(r, entries, "max", at, what).and_then(|n| parse::positive(r, n, "`max`"));
     let per =
@@ -169,15 +178,16 @@ fn cap(r: &mut Report<'_>, node: &Node, what: &str, channel_allowed: bool) -> Op
     })
 }
 
-fn fatigue(r: &mut Report<'_>, node: &Node) -> Option<Fatigue> {
+fn fatigue(r: &mut Report<'_>, key: &Key, node: &Node) -> Option<Fatigue> {
     let entries = parse::map(r, node, "`fatigue`")?;
     parse::check_keys(r, entries, &["unopened", "cap"], "`fatigue`");
-    let at = (node.pos, node.len);
+    let at = (key.pos, key.len);
     let unopened = parse::require(r, entries, "unopened", at, "`fatigue`")
         .and_then(|n| parse::positive(r, n, "`unopened`"));
     // Fatigue is judged per channel already, so its cap takes no `channel`.
+    let cap_at = parse::get_entry(entries, "cap").map_or(at, |(k, _)| (k.pos, k.len));
     let cap = parse::require(r, entries, "cap", at, "`fatigue`")
-        .and_then(|n| cap(r, n, "`fatigue.cap`", false));
+        .and_then(|n| cap(r, n, cap_at, "`fatigue.cap`", false));
     Some(Fatigue {
         unopened: unopened?,
         cap: cap?,

@@ -222,9 +222,21 @@ pub fn parse(source: &str, file: &Path) -> Result<Node, Diagnostic> {
     };
     if let Some(second) = docs.next() {
         let node = convert(&second);
+        // Point at the `---` that starts the second document, not at what follows it.
+        let upto = usize::try_from(node.pos.line).unwrap_or(usize::MAX);
+        let pos = source
+            .lines()
+            .take(upto)
+            .enumerate()
+            .filter(|(_, l)| l.starts_with("---"))
+            .last()
+            .map_or(node.pos, |(i, _)| Pos {
+                line: to_u32(i + 1),
+                column: 1,
+            });
         return Err(Diagnostic::error(
             file,
-            node.pos,
+            pos,
             codes::YAML_SYNTAX,
             "expected one YAML document, found several (`---`)",
         ));

@@ -1,7 +1,7 @@
 //! The trickier validation rules, each on a small workspace, and snapshots of how their
 //! errors read.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tempfile::TempDir;
 use waymark_journey::template::RenderContext;
@@ -307,6 +307,123 @@ fn snapshot_of_yaml_errors() {
     ]);
     let (_, rendered) = diagnostics(dir.path());
     insta::assert_snapshot!(rendered);
+}
+
+/// The shared conformance workspace.
+fn conformance_journeys() -> PathBuf {
+    Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/conformance/journeys"
+    ))
+    .to_path_buf()
+}
+
+/// Copies a directory, leaving out `tests/` (scenario tests are not `waymark check`'s).
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let path = entry.path();
+        if path.is_dir() {
+            if entry.file_name() != "tests" {
+                copy_dir(&path, &to.join(entry.file_name()));
+            }
+        } else {
+            std::fs::copy(&path, to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+/// The value of `# KEY: VALUE` in a fixture's leading comments.
+fn header(source: &str, key: &str) -> Option<String> {
+    source
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(&format!("# {key}:")))
+        .map(|v| v.trim().to_owned())
+}
+
+/// Each file of `tests/invalid/`, dropped into a copy of the conformance workspace (as
+/// itself, or as its `drop-as` path: `segments.yaml`, `templates/NAME.yaml`), yields as
+/// its first error one in that file, on its `expect-line`, containing its `expect-text`,
+/// as the shared invalid journeys do.
+#[test]
+fn each_invalid_fixture_yields_its_expected_first_error() {
+    let fixtures = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/invalid"));
+    let mut files: Vec<PathBuf> = std::fs::read_dir(fixtures)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty());
+    for fixture in files {
+        let source = std::fs::read_to_string(&fixture).unwrap();
+        let name = fixture.file_name().unwrap().to_string_lossy().into_owned();
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(&conformance_journeys(), dir.path());
+        let dropped = dir
+            .path()
+            .join(header(&source, "drop-as").unwrap_or_else(|| name.clone()));
+        std::fs::write(&dropped, &source).unwrap();
+
+        let (all, rendered) = diagnostics(dir.path());
+        let first = all
+            .iter()
+            .find(|d| d.is_error())
+            .unwrap_or_else(|| panic!("{name}: no error among\n{rendered}"));
+        assert_eq!(first.file, dropped, "{name}:\n{rendered}");
+        if let Some(line) = header(&source, "expect-line") {
+            assert_eq!(first.pos.line.to_string(), line, "{name}:\n{rendered}");
+        }
+        if let Some(text) = header(&source, "expect-text") {
+            assert!(
+                first.message.contains(&text),
+                "{name}: `{}` does not contain `{text}`",
+                first.message
+            );
+        }
+    }
+}
+
+#[test]
+fn a_missing_key_is_not_reported_beside_its_misspelling() {
+    let dir = workspace(&[(
+        "j.yaml",
+        "id: j\ntigger: {event: x}\nsteps:\n  a:\n    wait_for: {evnt: y}\n    on_event: a\n",
+    )]);
+    let errors = errors_in(dir.path());
+    let messages: Vec<&str> = errors.iter().map(|d| d.message.as_str()).collect();
+    assert_eq!(
+        messages,
+        [
+            "unknown key `tigger` in journey; did you mean `trigger`?",
+            "unknown key `evnt` in `wait_for` of step `a`; did you mean `event`?",
+        ]
+    );
+
+    // A key that resembles the missing one but is allowed does not excuse it.
+    let dir = workspace(&[(
+        "j.yaml",
+        "id: j\ntrigger: {event: x}\nsteps:\n  a:\n    wait_for: {event: y, timeout: 1d}\n    on_timeout: a\n",
+    )]);
+    let errors = errors_in(dir.path());
+    assert!(
+        errors[0].message.contains("missing `on_event`"),
+        "{errors:#?}"
+    );
+}
+
+#[test]
+fn the_file_named_after_a_journey_id_keeps_it() {
+    let journey = "id: welcome\ntrigger: {event: x}\nsteps:\n  a:\n    wait: 1h\n";
+    for copy in ["a_copy.yaml", "z_copy.yaml"] {
+        let dir = workspace(&[("welcome.yaml", journey), (copy, journey)]);
+        let errors = errors_in(dir.path());
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert!(errors[0].file.ends_with(copy), "{errors:#?}");
+        assert!(errors[0].message.contains("welcome.yaml already has it"));
+    }
 }
 
 #[test]
