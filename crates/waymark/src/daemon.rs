@@ -51,6 +51,9 @@ const ENGINE_SLICE: usize = 64;
 /// Every so often the inbox is swept for events whose handling failed (database
 /// trouble), and schedule ticks are checked.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
+/// How long an alias waits for the queue of the id it merges away to reach its pause,
+/// and that queue for the merge.
+const MERGE_WAIT: Duration = Duration::from_secs(30);
 
 /// An input for one customer.
 #[derive(Debug, Clone)]
@@ -106,9 +109,41 @@ pub enum ApplyError {
     Closed,
 }
 
-struct Job {
-    input: Input,
-    reply: Option<oneshot::Sender<Result<Applied, ApplyError>>>,
+/// What a customer's queue holds.
+enum Job {
+    /// An input to apply, and whoever waits for its outcome.
+    Apply {
+        input: Input,
+        reply: Option<oneshot::Sender<Result<Applied, ApplyError>>>,
+        /// For an alias: the queue of the id it merges away, paused for it.
+        merging: Option<Merging>,
+    },
+    /// Pauses the queue of an id an alias is merging away, behind the inputs that came
+    /// before the alias; see [`Daemon::call`].
+    Pause(Paused),
+}
+
+impl Job {
+    fn apply(input: Input) -> Job {
+        Job::Apply {
+            input,
+            reply: None,
+            merging: None,
+        }
+    }
+}
+
+/// The alias's end of a paused queue: told when the queue has reached the pause, it tells
+/// the queue where its id went (the profile it now lives on), or `None` if it stays.
+struct Merging {
+    reached: oneshot::Receiver<()>,
+    done: oneshot::Sender<Option<String>>,
+}
+
+/// The paused queue's end of [`Merging`].
+struct Paused {
+    reached: oneshot::Sender<()>,
+    done: oneshot::Receiver<Option<String>>,
 }
 
 /// An input's outcome on its way to the store, owned so that it can join a commit batch.
@@ -167,6 +202,10 @@ pub struct Daemon {
     pub clock: Arc<dyn Clock>,
     pub config: Config,
     queues: Mutex<HashMap<String, mpsc::UnboundedSender<Job>>>,
+    /// Ids merged away by an alias while they had a queue, to the id they went to: an
+    /// input that was on its way to the old queue then joins the new one. Locked only
+    /// under `queues`; an entry goes when the queue it points to is retired.
+    redirects: Mutex<HashMap<String, String>>,
     /// Inbox events and timers queued or being handled, so the loops don't queue them
     /// twice.
     events_in_flight: Mutex<HashSet<i64>>,
@@ -266,6 +305,7 @@ impl Daemon {
             metrics: Metrics::default(),
             clock,
             queues: Mutex::new(HashMap::new()),
+            redirects: Mutex::new(HashMap::new()),
             events_in_flight: Mutex::new(HashSet::new()),
             timers_in_flight: Mutex::new(HashSet::new()),
             timers_done: Notify::new(),
@@ -355,11 +395,16 @@ impl Daemon {
     /// The id cannot be resolved (database trouble).
     pub async fn submit(self: &Arc<Self>, customer: &str, input: Input) -> Result<(), ApplyError> {
         let key = self.resolve(customer).await?;
-        self.enqueue(key, Job { input, reply: None });
+        self.enqueue(key, Job::apply(input));
         Ok(())
     }
 
     /// Queues an input and waits until it is committed.
+    ///
+    /// An alias merging another id away first pauses that id's queue behind the inputs
+    /// already on it: the merge waits for them, and the inputs that come after it move to
+    /// this customer's queue once the merge is committed. One customer's inputs thus stay
+    /// on one queue, in the order they came, across the merge.
     ///
     /// # Errors
     /// The engine refused it (an API enrollment) or the store failed.
@@ -369,21 +414,62 @@ impl Daemon {
         input: Input,
     ) -> Result<Applied, ApplyError> {
         let key = self.resolve(customer).await?;
+        let merging = match &input {
+            Input::Alias { previous } => {
+                let other = self.resolve(previous).await?;
+                (other != key).then(|| self.pause(other))
+            }
+            _ => None,
+        };
         let (tx, rx) = oneshot::channel();
         self.enqueue(
             key,
-            Job {
+            Job::Apply {
                 input,
                 reply: Some(tx),
+                merging,
             },
         );
         rx.await.map_err(|_| ApplyError::Closed)?
     }
 
+    /// Pauses `key`'s queue (starting one if it has none) behind what is on it now.
+    fn pause(self: &Arc<Self>, key: String) -> Merging {
+        let (reached_tx, reached) = oneshot::channel();
+        let (done, done_rx) = oneshot::channel();
+        let paused = Paused {
+            reached: reached_tx,
+            done: done_rx,
+        };
+        self.enqueue(key, Job::Pause(paused));
+        Merging { reached, done }
+    }
+
     fn enqueue(self: &Arc<Self>, key: String, job: Job) {
+        let mut queues = lock(&self.queues);
+        self.enqueue_locked(&mut queues, key, job);
+    }
+
+    /// Queues `job` on `key`'s queue (or the one `key` was redirected to), under the map
+    /// lock `queues`.
+    fn enqueue_locked(
+        self: &Arc<Self>,
+        queues: &mut HashMap<String, mpsc::UnboundedSender<Job>>,
+        mut key: String,
+        job: Job,
+    ) {
+        {
+            let redirects = lock(&self.redirects);
+            // A chain of merges is short; the bound only guards against a cycle.
+            for _ in 0..8 {
+                match redirects.get(&key) {
+                    Some(to) => key.clone_from(to),
+                    None => break,
+                }
+            }
+        }
         // Sending under the map lock pairs with the worker's emptiness check under the
         // same lock: a job is never left in a queue whose worker has just quit.
-        let mut queues = lock(&self.queues);
         let job = match queues.get(&key) {
             Some(queue) => match queue.send(job) {
                 Ok(()) => return,
@@ -414,22 +500,81 @@ impl Daemon {
                     }
                 }
             };
-            let result = self.apply(&key, &job.input).await;
-            self.done_with(&job.input);
+            let (input, reply, mut merging) = match job {
+                Job::Apply {
+                    input,
+                    reply,
+                    merging,
+                } => (input, reply, merging),
+                Job::Pause(paused) => {
+                    if let Some(into) = self.pause_for_merge(paused).await {
+                        self.move_queue(&key, &mut rx, into);
+                        return;
+                    }
+                    continue;
+                }
+            };
+            if let Some(merging) = merging.as_mut() {
+                // The merged-away id's earlier inputs go first. Two aliases merging two
+                // ids into each other at once would wait for each other: the bound lets
+                // them go on, and the store's revisions keep them apart.
+                let _ = tokio::time::timeout(MERGE_WAIT, &mut merging.reached).await;
+            }
+            let result = self.apply(&key, &input).await;
+            self.done_with(&input);
+            if let Some(merging) = merging {
+                let into = result
+                    .as_ref()
+                    .ok()
+                    .filter(|applied| !applied.customer.is_empty())
+                    .map(|applied| applied.customer.clone());
+                let _ = merging.done.send(into);
+            }
             if let Err(e) = &result
-                && job.reply.is_none()
+                && reply.is_none()
             {
                 tracing::error!(customer = %key, error = %e, "input not handled; it will be retried");
             }
-            if let Some(reply) = job.reply {
+            if let Some(reply) = reply {
                 let _ = reply.send(result);
             }
         }
     }
 
-    /// Forgets a customer's queue found empty under the map lock `queues`.
+    /// At a pause: tells the alias its turn has come, and waits to learn where the id
+    /// went (`None`: it was not merged away, or the alias took too long).
+    async fn pause_for_merge(&self, paused: Paused) -> Option<String> {
+        let _ = paused.reached.send(());
+        match tokio::time::timeout(MERGE_WAIT, paused.done).await {
+            Ok(Ok(into)) => into,
+            _ => None,
+        }
+    }
+
+    /// Moves what is left on merged-away `key`'s queue to the queue of `into`, where the
+    /// customer now lives, in order, and sends later arrivals there too.
+    fn move_queue(
+        self: &Arc<Self>,
+        key: &str,
+        rx: &mut mpsc::UnboundedReceiver<Job>,
+        into: String,
+    ) {
+        let mut queues = lock(&self.queues);
+        while let Ok(job) = rx.try_recv() {
+            self.enqueue_locked(&mut queues, into.clone(), job);
+        }
+        lock(&self.redirects).insert(key.to_owned(), into);
+        self.retire(&mut queues, key);
+    }
+
+    /// Forgets a customer's queue found empty under the map lock `queues`, and the
+    /// redirects to it.
     fn retire(&self, queues: &mut HashMap<String, mpsc::UnboundedSender<Job>>, key: &str) {
         queues.remove(key);
+        let mut redirects = lock(&self.redirects);
+        if !redirects.is_empty() {
+            redirects.retain(|_, to| to != key);
+        }
         if queues.is_empty() {
             self.idle.notify_waiters();
         }
@@ -633,7 +778,7 @@ impl Daemon {
     fn queue_event(self: &Arc<Self>, key: String, seq: i64, event: Event) {
         if lock(&self.events_in_flight).insert(seq) {
             let input = Input::Event { seq, event };
-            self.enqueue(key, Job { input, reply: None });
+            self.enqueue(key, Job::apply(input));
         }
     }
 
@@ -694,7 +839,7 @@ impl Daemon {
                 let key = timer.customer.clone();
                 match self.hold(&key) {
                     Some(queue) => held.push(Held { key, queue, input }),
-                    None => self.enqueue(key, Job { input, reply: None }),
+                    None => self.enqueue(key, Job::apply(input)),
                 }
             }
             *cursor = Some(timer);

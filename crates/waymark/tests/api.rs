@@ -37,6 +37,20 @@ steps:
     template: hello
 ";
 
+/// Every `step` event appends its `i` to the customer's `seen` trait: the order in which
+/// a customer's events were handled.
+const TALLY: &str = "
+id: tally
+trigger:
+  event: step
+reentry: always
+steps:
+  note:
+    update:
+      traits:
+        seen: \"=has(profile.seen) ? profile.seen + [trigger.i] : [trigger.i]\"
+";
+
 const HELLO: &str = "
 email:
   subject: \"Hello {{ profile.first_name | default: 'there' }}\"
@@ -351,6 +365,47 @@ async fn a_retried_enrollment_with_a_message_id_enrolls_once() {
         2,
         "{profile}"
     );
+}
+
+/// An alias that merges an anonymous id whose events are still queued: the merge waits
+/// for them, and the events after it join the customer's own queue, so every event is
+/// handled once, in the order sent, and every call succeeds. The same for an identify
+/// carrying both ids.
+#[tokio::test]
+async fn a_merge_keeps_the_order_of_events_still_queued_for_the_merged_id() {
+    let f = fixture(&[]).await;
+    write(&f._dir.path().join("journeys"), "tally.yaml", TALLY);
+    let (status, answer) = call(&f, "POST", "/v1/reload", None).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let track = |id: &str, key: &str, i: usize| json!({"type": "track", key: id, "event": "step", "properties": {"i": i}});
+    // ann: 30 events as anon-1, the alias, 5 as ann, 10 more as anon-1.
+    let mut batch: Vec<Value> = (0..30).map(|i| track("anon-1", "anonymousId", i)).collect();
+    batch.push(json!({"type": "alias", "previousId": "anon-1", "userId": "ann"}));
+    batch.extend((30..35).map(|i| track("ann", "userId", i)));
+    batch.extend((35..45).map(|i| track("anon-1", "anonymousId", i)));
+    // bob: 20 events as anon-2, an identify with both ids, 5 more as anon-2, 5 as bob.
+    batch.extend((0..20).map(|i| track("anon-2", "anonymousId", i)));
+    batch.push(
+        json!({"type": "identify", "userId": "bob", "anonymousId": "anon-2",
+        "traits": {"plan": "pro"}}),
+    );
+    batch.extend((20..25).map(|i| track("anon-2", "anonymousId", i)));
+    batch.extend((25..30).map(|i| track("bob", "userId", i)));
+    let body = json!({"batch": batch}).to_string();
+    let (status, answer) = call(&f, "POST", "/v1/batch", Some(&body)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    settle(&f).await;
+    for (id, events) in [("ann", 45), ("bob", 30)] {
+        let (_, profile) = call(&f, "GET", &format!("/v1/profiles/{id}"), None).await;
+        let seen = &profile["traits"]["seen"];
+        assert_eq!(
+            seen,
+            &json!((0..events).collect::<Vec<_>>()),
+            "{id}: {seen}"
+        );
+    }
+    let (_, bob) = call(&f, "GET", "/v1/profiles/bob", None).await;
+    assert_eq!(bob["traits"]["plan"], "pro");
 }
 
 #[tokio::test]
