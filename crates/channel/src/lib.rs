@@ -134,7 +134,8 @@ impl DeliveryError {
     }
 
     /// The usual classification of an HTTP answer that was not a success: 408, 425, 429
-    /// and 5xx retry (honouring `Retry-After` in seconds), other statuses are permanent.
+    /// and 5xx retry (honouring `Retry-After`, in seconds or as an HTTP date), other
+    /// statuses are permanent.
     pub fn from_http_status(
         status: u16,
         retry_after: Option<&str>,
@@ -144,14 +145,29 @@ impl DeliveryError {
         if matches!(status, 408 | 425 | 429) || status >= 500 {
             DeliveryError::Retryable {
                 reason: format!("HTTP {status}: {reason}"),
-                retry_after: retry_after
-                    .and_then(|s| s.trim().parse().ok())
-                    .map(Duration::from_secs),
+                retry_after: retry_after.and_then(|value| {
+                    // An adapter answers for the provider's clock, not the engine's.
+                    #[allow(clippy::disallowed_methods)]
+                    let now = chrono::Utc::now();
+                    parse_retry_after(value, now)
+                }),
             }
         } else {
             DeliveryError::permanent(format!("HTTP {status}: {reason}"))
         }
     }
+}
+
+/// A `Retry-After` value: delay seconds, or an HTTP date (RFC 9110), as the wait from
+/// `now` (none for a date already past). A value that is neither is ignored.
+fn parse_retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+    let value = value.trim();
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // Too many digits for a u64 is a wait longer than anyone would honour.
+        return Some(value.parse().map_or(Duration::MAX, Duration::from_secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    (at.to_utc() - now).to_std().ok()
 }
 
 /// Decodes an `application/x-www-form-urlencoded` text (a form body or a query string), as
@@ -500,6 +516,25 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_as_an_http_date() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-03-02T10:00:00Z")
+            .unwrap()
+            .to_utc();
+        let wait = |value| parse_retry_after(value, now);
+        assert_eq!(wait("120"), Some(Duration::from_secs(120)));
+        assert_eq!(wait(" 7 "), Some(Duration::from_secs(7)));
+        assert_eq!(
+            wait("Mon, 02 Mar 2026 10:00:12 GMT"),
+            Some(Duration::from_secs(12))
+        );
+        assert_eq!(wait("Mon, 02 Mar 2026 09:00:00 GMT"), None, "a date past");
+        assert_eq!(wait("99999999999999999999999"), Some(Duration::MAX));
+        for ignored in ["", "soon", "-5", "1.5"] {
+            assert_eq!(wait(ignored), None, "{ignored:?}");
+        }
+    }
 
     const DEFAULT: Duration = Duration::from_secs(30);
 
