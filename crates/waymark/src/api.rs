@@ -408,6 +408,61 @@ enum Call {
         previous: String,
         user: String,
     },
+    /// Segment's `group`: accounts are not Waymark's concern; accepted and left aside.
+    Group,
+}
+
+/// Segment's `page` and `screen` calls, as the events journeys see: `page_viewed` and
+/// `screen_viewed`, with the page's `name` and `category` among the properties.
+fn parse_view(
+    f: &Fields<'_>,
+    event: &str,
+    now: DateTime<Utc>,
+    sent_at: Option<DateTime<Utc>>,
+) -> Result<Call, ApiError> {
+    f.allow(&[
+        "userId",
+        "anonymousId",
+        "name",
+        "category",
+        "properties",
+        "timestamp",
+        "messageId",
+    ])?;
+    let (user, anonymous) = f.customer()?;
+    let mut properties = f.object("properties")?;
+    for key in ["name", "category"] {
+        match f.map.get(key) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(text)) => {
+                properties.insert(key.to_owned(), Value::String(text.clone()));
+            }
+            Some(_) => return Err(ApiError::field(f.name(key), "must be a string")),
+        }
+    }
+    Ok(Call::Track(NewEvent {
+        customer: user.or(anonymous).unwrap_or_default(),
+        name: event.to_owned(),
+        at: f.happened(now, sent_at)?.unwrap_or(now),
+        properties,
+        message_id: f.id("messageId")?,
+    }))
+}
+
+fn parse_group(f: &Fields<'_>, now: DateTime<Utc>) -> Result<Call, ApiError> {
+    f.allow(&[
+        "userId",
+        "anonymousId",
+        "groupId",
+        "traits",
+        "timestamp",
+        "messageId",
+    ])?;
+    f.customer()?;
+    f.required("groupId")?;
+    f.object("traits")?;
+    f.happened(now, None)?;
+    Ok(Call::Group)
 }
 
 /// A `track` call received at `now`; `sent_at` is a batch's own `sentAt`.
@@ -486,6 +541,7 @@ async fn apply(daemon: &Arc<Daemon>, call: Call) -> Result<Value, ApiError> {
             daemon.call(&user, Input::Alias { previous }).await?;
             Ok(json!({"success": true}))
         }
+        Call::Group => Ok(json!({"success": true, "ignored": true})),
     }
 }
 
@@ -511,6 +567,40 @@ async fn identify(
     JsonObject(body): JsonObject,
 ) -> Result<Json<Value>, ApiError> {
     let call = parse_identify(&Fields::new(&body, ""), daemon.clock.now())?;
+    Ok(Json(apply(&daemon, call).await?))
+}
+
+async fn page(
+    State(daemon): State<Arc<Daemon>>,
+    JsonObject(body): JsonObject,
+) -> Result<Json<Value>, ApiError> {
+    let call = parse_view(
+        &Fields::new(&body, ""),
+        "page_viewed",
+        daemon.clock.now(),
+        None,
+    )?;
+    Ok(Json(apply(&daemon, call).await?))
+}
+
+async fn screen(
+    State(daemon): State<Arc<Daemon>>,
+    JsonObject(body): JsonObject,
+) -> Result<Json<Value>, ApiError> {
+    let call = parse_view(
+        &Fields::new(&body, ""),
+        "screen_viewed",
+        daemon.clock.now(),
+        None,
+    )?;
+    Ok(Json(apply(&daemon, call).await?))
+}
+
+async fn group_call(
+    State(daemon): State<Arc<Daemon>>,
+    JsonObject(body): JsonObject,
+) -> Result<Json<Value>, ApiError> {
+    let call = parse_group(&Fields::new(&body, ""), daemon.clock.now())?;
     Ok(Json(apply(&daemon, call).await?))
 }
 
@@ -547,10 +637,16 @@ async fn batch(
             Some("track") => parse_track(&f, now, sent_at)?,
             Some("identify") => parse_identify(&f, now)?,
             Some("alias") => parse_alias(&f, now)?,
+            Some("page") => parse_view(&f, "page_viewed", now, sent_at)?,
+            Some("screen") => parse_view(&f, "screen_viewed", now, sent_at)?,
+            Some("group") => parse_group(&f, now)?,
             Some(other) => {
                 return Err(ApiError::field(
                     f.name("type"),
-                    format!("unsupported type `{other}`; expected track, identify or alias"),
+                    format!(
+                        "unsupported type `{other}`; expected track, identify, alias, page, \
+                         screen or group"
+                    ),
                 ));
             }
             None => return Err(ApiError::field(f.name("type"), "`type` is required")),
@@ -980,6 +1076,9 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/track", post(track))
         .route("/v1/identify", post(identify))
         .route("/v1/alias", post(alias))
+        .route("/v1/page", post(page))
+        .route("/v1/screen", post(screen))
+        .route("/v1/group", post(group_call))
         .route("/v1/batch", post(batch))
         .route("/v1/journeys", get(journeys))
         .route("/v1/journeys/{id}", get(journey))

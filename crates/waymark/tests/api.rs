@@ -226,7 +226,7 @@ async fn bad_requests_name_the_field() {
         ("/v1/batch", r#"{"batch": {}}"#, "batch"),
         (
             "/v1/batch",
-            r#"{"batch": [{"type": "track", "userId": "a", "event": "x"}, {"type": "page"}]}"#,
+            r#"{"batch": [{"type": "track", "userId": "a", "event": "x"}, {"type": "checkout"}]}"#,
             "batch[1].type",
         ),
         (
@@ -406,6 +406,43 @@ async fn a_merge_keeps_the_order_of_events_still_queued_for_the_merged_id() {
     }
     let (_, bob) = call(&f, "GET", "/v1/profiles/bob", None).await;
     assert_eq!(bob["traits"]["plan"], "pro");
+}
+
+/// Segment's `page` and `screen` calls become `page_viewed` and `screen_viewed` events a
+/// journey can use; `group` is accepted and left aside, so a Segment batch carrying them
+/// is taken whole.
+#[tokio::test]
+async fn page_and_screen_calls_are_events_and_group_calls_are_accepted() {
+    let f = fixture(&[]).await;
+    let page = r#"{"anonymousId": "dev-9", "name": "Pricing", "category": "Docs",
+        "properties": {"path": "/pricing"}}"#;
+    let (status, answer) = call(&f, "POST", "/v1/page", Some(page)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let batch = r#"{"batch": [
+        {"type": "screen", "anonymousId": "dev-9", "name": "Cart"},
+        {"type": "group", "anonymousId": "dev-9", "groupId": "acme", "traits": {"seats": 3}},
+        {"type": "track", "anonymousId": "dev-9", "event": "visit"}
+    ]}"#;
+    let (status, answer) = call(&f, "POST", "/v1/batch", Some(batch)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    settle(&f).await;
+    let (_, profile) = call(&f, "GET", "/v1/profiles/dev-9", None).await;
+    let viewed = event(&profile, "page_viewed").unwrap_or_else(|| panic!("{profile}"));
+    assert_eq!(
+        viewed["properties"],
+        json!({"path": "/pricing", "name": "Pricing", "category": "Docs"})
+    );
+    assert_eq!(
+        event(&profile, "screen_viewed").unwrap()["properties"]["name"],
+        "Cart"
+    );
+    assert!(event(&profile, "visit").is_some(), "{profile}");
+
+    let (status, answer) = call(&f, "POST", "/v1/group", Some(r#"{"userId": "ann"}"#)).await;
+    assert_eq!(
+        (status, &answer["field"]),
+        (StatusCode::BAD_REQUEST, &json!("groupId"))
+    );
 }
 
 #[tokio::test]
