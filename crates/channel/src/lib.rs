@@ -145,12 +145,7 @@ impl DeliveryError {
         if matches!(status, 408 | 425 | 429) || status >= 500 {
             DeliveryError::Retryable {
                 reason: format!("HTTP {status}: {reason}"),
-                retry_after: retry_after.and_then(|value| {
-                    // An adapter answers for the provider's clock, not the engine's.
-                    #[allow(clippy::disallowed_methods)]
-                    let now = chrono::Utc::now();
-                    parse_retry_after(value, now)
-                }),
+                retry_after: retry_after.and_then(retry_after_header),
             }
         } else {
             DeliveryError::permanent(format!("HTTP {status}: {reason}"))
@@ -158,8 +153,16 @@ impl DeliveryError {
     }
 }
 
-/// A `Retry-After` value: delay seconds, or an HTTP date (RFC 9110), as the wait from
-/// `now` (none for a date already past). A value that is neither is ignored.
+/// A provider's `Retry-After` header: delay seconds, or an HTTP date (RFC 9110), as the
+/// wait from now (none for a date already past, or a value that is neither).
+pub fn retry_after_header(value: &str) -> Option<Duration> {
+    // A provider's date is wall-clock time: the engine's clock has no say in it.
+    #[allow(clippy::disallowed_methods)]
+    let now = chrono::Utc::now();
+    parse_retry_after(value, now)
+}
+
+/// [`retry_after_header`] at `now`.
 fn parse_retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
     let value = value.trim();
     if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {

@@ -36,6 +36,10 @@ struct KeyFile {
 pub struct ServiceAccount {
     client_email: String,
     token_uri: reqwest::Url,
+    /// `token_uri` as the key file writes it: the assertion's `aud`. Not the parsed URL,
+    /// which normalizes (`http://host:1234` becomes `http://host:1234/`), and Google
+    /// compares `aud` with its token URI as a string.
+    audience: String,
     key: EncodingKey,
 }
 
@@ -74,6 +78,7 @@ impl ServiceAccount {
         let account = ServiceAccount {
             client_email: file.client_email,
             token_uri,
+            audience: file.token_uri,
             key,
         };
         // The PEM parses lazily into a key pair: sign once now, so a broken key is a config
@@ -89,7 +94,7 @@ impl ServiceAccount {
         let claims = Claims {
             iss: &self.client_email,
             scope: SCOPE,
-            aud: self.token_uri.as_str(),
+            aud: &self.audience,
             iat: now,
             exp: now + ASSERTION_LIFETIME_SECS,
         };

@@ -52,8 +52,8 @@
 //! | FCM says | outcome |
 //! |---|---|
 //! | 200 | delivered; the provider id is the message `name` |
-//! | `UNREGISTERED` (404); `INVALID_ARGUMENT` (400) about the registration token | permanent, address gone |
-//! | `QUOTA_EXCEEDED` (429), `UNAVAILABLE` (503), `INTERNAL` (500), other 5xx | retryable, after `Retry-After` |
+//! | `UNREGISTERED` (404), or a 404 `NOT_FOUND` without an FCM code; `INVALID_ARGUMENT` (400) about the registration token | permanent, address gone |
+//! | `QUOTA_EXCEEDED` (429), `UNAVAILABLE` (503), `INTERNAL` (500), other 5xx | retryable, after `Retry-After` (seconds or an HTTP date) |
 //! | 401 other than `THIRD_PARTY_AUTH_ERROR` | retryable, with a new access token |
 //! | `SENDER_ID_MISMATCH` (403), `THIRD_PARTY_AUTH_ERROR` (401), other 400 | permanent, with FCM's reason |
 

@@ -4,8 +4,6 @@
 //! FCM error code sits in a `google.firebase.fcm.v1.FcmError` detail (`errorCode`), the
 //! offending field in a `google.rpc.BadRequest` detail (`fieldViolations`).
 
-use std::time::Duration;
-
 use serde::Deserialize;
 use waymark_channel::{DeliveryError, body_snippet};
 
@@ -90,13 +88,14 @@ impl Refusal {
         };
         let retryable = |reason: String| DeliveryError::Retryable {
             reason,
-            retry_after: retry_after
-                .and_then(|s| s.trim().parse().ok())
-                .map(Duration::from_secs),
+            retry_after: retry_after.and_then(waymark_channel::retry_after_header),
         };
         match self.code.as_deref() {
-            // The app was uninstalled, or the token expired or was unregistered.
-            Some("UNREGISTERED") => DeliveryError::address_gone(reason),
+            // The app was uninstalled, or the token expired or was unregistered. A bare
+            // `NOT_FOUND` in Google's own error shape says the same: the send URL names
+            // only the project, so what was not found is the registration token. (A 404
+            // that is not Google's, such as a proxy's page, is left to its status.)
+            Some("UNREGISTERED" | "NOT_FOUND") => DeliveryError::address_gone(reason),
             Some("INVALID_ARGUMENT") if self.is_about_the_token() => {
                 DeliveryError::address_gone(reason)
             }

@@ -53,11 +53,14 @@ struct Claims {
 }
 
 impl TokenEndpoint {
-    async fn start(clock: Arc<AtomicU64>) -> TokenEndpoint {
+    /// An endpoint at `path`; its URL (the key file's `token_uri`, and the `aud` it
+    /// expects) is the bare origin for `/`, with no trailing slash.
+    async fn start(clock: Arc<AtomicU64>, path: &str) -> TokenEndpoint {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind a loopback port");
-        let url = format!("http://{}/token", listener.local_addr().expect("address"));
+        let origin = format!("http://{}", listener.local_addr().expect("address"));
+        let url = format!("{origin}{}", path.trim_end_matches('/'));
         let issued = Arc::new(Mutex::new(Vec::new()));
         let state = TokenState {
             url: url.clone(),
@@ -65,7 +68,7 @@ impl TokenEndpoint {
             issued: issued.clone(),
         };
         let app = axum::Router::new()
-            .route("/token", axum::routing::post(exchange))
+            .route(path, axum::routing::post(exchange))
             .with_state(state);
         let task = tokio::spawn(async move {
             axum::serve(listener, app)
@@ -204,8 +207,13 @@ impl Setup {
     }
 
     async fn with_key(private_key: &str) -> Setup {
+        Setup::with(private_key, "/token").await
+    }
+
+    /// A setup whose token endpoint is at `token_path`.
+    async fn with(private_key: &str, token_path: &str) -> Setup {
         let clock = Arc::new(AtomicU64::new(START));
-        let tokens = TokenEndpoint::start(clock.clone()).await;
+        let tokens = TokenEndpoint::start(clock.clone(), token_path).await;
         let fcm = MockServer::start(sent()).await;
         let kind = FcmKind::with_clock({
             let clock = clock.clone();
@@ -310,6 +318,18 @@ async fn a_text_only_or_data_only_template_sends_only_that() {
 }
 
 #[tokio::test]
+async fn the_assertion_is_addressed_to_the_token_uri_as_the_key_file_writes_it() {
+    // `http://127.0.0.1:PORT`, no path: a parsed URL would add a `/`, and the endpoint
+    // compares `aud` with its own URI as a string.
+    let setup = Setup::with(KEY, "/").await;
+    assert!(!setup.tokens.url.ends_with('/'), "{}", setup.tokens.url);
+
+    setup.send().await.expect("delivered");
+
+    assert_eq!(setup.tokens.issued(), ["ya29.test-1"]);
+}
+
+#[tokio::test]
 async fn one_access_token_serves_many_messages() {
     let setup = Setup::new().await;
     for _ in 0..3 {
@@ -399,6 +419,13 @@ async fn an_unregistered_or_invalid_registration_token_means_the_address_is_gone
             "Requested entity was not found.",
             fcm_code("UNREGISTERED"),
         ),
+        // The canonical status alone, without the FcmError detail.
+        fcm_error(
+            404,
+            "NOT_FOUND",
+            "Requested entity was not found.",
+            json!([]),
+        ),
         fcm_error(
             400,
             "INVALID_ARGUMENT",
@@ -447,6 +474,8 @@ async fn other_refusals_are_permanent_with_fcms_reason() {
             ),
             "SENDER_ID_MISMATCH",
         ),
+        // A 404 that is not Google's (a proxy's page) says nothing about the token.
+        (Reply::text(404, "404 page not found"), "404 page not found"),
     ];
     for (answer, words) in answers {
         match outcome(answer).await {
@@ -495,6 +524,35 @@ async fn quota_and_outages_retry_after_the_wait_fcm_asks() {
             }
             other => panic!("{said} must be retryable, got {other:?}"),
         }
+    }
+}
+
+#[tokio::test]
+async fn a_retry_after_date_is_heeded_too() {
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the adapter reads the date against the wall clock"
+    )]
+    let now = chrono::Utc::now();
+    let date = (now + chrono::TimeDelta::seconds(90))
+        .format("%a, %d %b %Y %H:%M:%S GMT")
+        .to_string();
+    let answer = fcm_error(
+        503,
+        "UNAVAILABLE",
+        "The service is currently unavailable.",
+        fcm_code("UNAVAILABLE"),
+    )
+    .with_header("retry-after", &date);
+    match outcome(answer).await {
+        Err(DeliveryError::Retryable {
+            retry_after: Some(wait),
+            ..
+        }) => assert!(
+            (Duration::from_secs(70)..=Duration::from_secs(90)).contains(&wait),
+            "{wait:?}"
+        ),
+        other => panic!("UNAVAILABLE must be retryable after the date, got {other:?}"),
     }
 }
 

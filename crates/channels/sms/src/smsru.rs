@@ -14,12 +14,18 @@
 //! request and per number; the number's `sms_id` is the provider id. SMS.ru has no
 //! idempotency field, so the outbox's once-only delivery is the only protection.
 //!
-//! Status codes: 202 (invalid number), 207 (cannot deliver to this number) and 209 (the
-//! number is on the stop list) mean the address is gone; 220 (service temporarily
-//! unavailable) and 5xx retry; the rest (200 bad `api_id`, 201 no funds, 204 sender name
-//! not agreed, ...) fail the message with SMS.ru's text.
+//! Status codes (SMS.ru's `status_code`, for the request and for the number): 202 (invalid
+//! number), 207 (no route to this number) and 209 (the number is on the stop list) mean the
+//! address is gone; 220 (service temporarily unavailable) and 500 (server error, "repeat
+//! the request") retry, as do HTTP 5xx and 429; so do SMS.ru's limits, which pass: 231 (the
+//! same text to this number within a minute, retried after a minute), 206 (the account's
+//! daily limit), 230 (this number's daily limit) and 232 (the same text to this number
+//! today). The rest (200 bad `api_id`, 201 no funds, 203 no text, 204 sender name not
+//! agreed, ...) fail the message with SMS.ru's text. An empty `text` fails the message
+//! without a request.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -32,7 +38,11 @@ use waymark_channel_http as http;
 use crate::segments;
 
 const ADDRESS_GONE: [u64; 3] = [202, 207, 209];
-const RETRYABLE: [u64; 1] = [220];
+/// Service unavailable, server error, and the limits that lift with time (account per
+/// day, number per day, same text per day).
+const RETRYABLE: [u64; 5] = [220, 500, 206, 230, 232];
+/// The same text to the same number within a minute: try again after that minute.
+const SAME_TEXT_PER_MINUTE: u64 = 231;
 
 /// `kind: smsru`.
 pub struct SmsRuKind;
@@ -125,6 +135,10 @@ fn refusal(code: Option<u64>, text: Option<String>) -> DeliveryError {
     match code {
         Some(c) if ADDRESS_GONE.contains(&c) => DeliveryError::address_gone(reason),
         Some(c) if RETRYABLE.contains(&c) => DeliveryError::retryable(reason),
+        Some(SAME_TEXT_PER_MINUTE) => DeliveryError::Retryable {
+            reason,
+            retry_after: Some(Duration::from_secs(60)),
+        },
         _ => DeliveryError::permanent(reason),
     }
 }
@@ -138,6 +152,12 @@ impl Channel for SmsRu {
             .filter(char::is_ascii_digit)
             .collect();
         let text = message.field("text");
+        if text.trim().is_empty() {
+            return Err(DeliveryError::permanent(format!(
+                "template `{}` rendered no `text`: SMS.ru sends no empty SMS",
+                message.template
+            )));
+        }
         let mut form = vec![
             ("api_id", self.api_id.as_str()),
             ("to", to.as_str()),

@@ -103,3 +103,73 @@ fn config_is_checked_and_unknown_keys_refused() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn server_errors_and_limits_in_an_http_200_retry() {
+    let server = MockServer::start(ok("79001234567", "x")).await;
+    let channel = channel(&server);
+    let message = sample_message("sms", Some("+79001234567"));
+    let refused = |code: u64| {
+        Reply::json(
+            200,
+            json!({"status": "OK", "status_code": 100,
+            "sms": {"79001234567": {"status": "ERROR", "status_code": code, "status_text": "limit"}}}),
+        )
+    };
+    // "Ошибка на сервере. Повторите запрос." for the whole request.
+    server.push(Reply::json(
+        200,
+        json!({"status": "ERROR", "status_code": 500, "status_text": "Ошибка на сервере"}),
+    ));
+    match channel.deliver(&message).await {
+        Err(DeliveryError::Retryable { reason, .. }) => assert!(reason.contains("500"), "{reason}"),
+        other => panic!("SMS.ru's server error retries: {other:?}"),
+    }
+    // The same text to this number within a minute: after that minute.
+    server.push(refused(231));
+    assert_eq!(
+        channel.deliver(&message).await,
+        Err(DeliveryError::Retryable {
+            reason: "SMS.ru error 231: limit".to_owned(),
+            retry_after: Some(std::time::Duration::from_secs(60)),
+        })
+    );
+    for daily_limit in [206, 230, 232] {
+        server.push(refused(daily_limit));
+        assert!(
+            matches!(
+                channel.deliver(&message).await,
+                Err(DeliveryError::Retryable { .. })
+            ),
+            "{daily_limit}"
+        );
+    }
+    for permanent in [201, 203, 204] {
+        server.push(refused(permanent));
+        assert!(
+            matches!(
+                channel.deliver(&message).await,
+                Err(DeliveryError::Permanent {
+                    address_gone: false,
+                    ..
+                })
+            ),
+            "{permanent}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_empty_text_fails_without_a_request() {
+    let server = MockServer::start(ok("79001234567", "x")).await;
+    let mut message = sample_message("sms", Some("+79001234567"));
+    message.content.insert("text".to_owned(), String::new());
+    assert!(matches!(
+        channel(&server).deliver(&message).await,
+        Err(DeliveryError::Permanent {
+            address_gone: false,
+            ..
+        })
+    ));
+    assert!(server.requests().is_empty());
+}

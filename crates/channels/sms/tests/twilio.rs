@@ -183,3 +183,141 @@ fn config_is_checked_and_unknown_keys_refused() {
     let error = TwilioKind.build("sms", &missing).err().unwrap();
     assert!(error.message.contains("auth_token"), "{error}");
 }
+
+#[tokio::test]
+async fn a_number_goes_in_e164_without_the_separators_people_write() {
+    let server = MockServer::start(Reply::json(201, json!({"sid": "SM1"}))).await;
+    let channel = TwilioKind.build("sms", &config(&server)).unwrap();
+    channel
+        .deliver(&sample_message("sms", Some("+7 (900) 123-45-67")))
+        .await
+        .unwrap();
+    let form = server.only_request().form();
+    assert_eq!(form.get("To").map(String::as_str), Some("+79001234567"));
+}
+
+#[tokio::test]
+async fn an_empty_text_fails_without_a_request() {
+    let server = MockServer::start(Reply::json(201, json!({"sid": "SM1"}))).await;
+    let channel = TwilioKind.build("sms", &config(&server)).unwrap();
+    let mut message = sample_message("sms", Some("+15551234"));
+    message.content.insert("text".to_owned(), " ".to_owned());
+    assert!(matches!(
+        channel.deliver(&message).await,
+        Err(DeliveryError::Permanent {
+            address_gone: false,
+            ..
+        })
+    ));
+    assert!(server.requests().is_empty());
+}
+
+fn form(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn callback(url: &str, body: &str, signature: &str) -> StatusCallback {
+    StatusCallback {
+        url: url.to_owned(),
+        headers: BTreeMap::from([("x-twilio-signature".to_owned(), signature.to_owned())]),
+        body: body.as_bytes().to_vec(),
+    }
+}
+
+/// Twilio signs the URL it was given, and its SDKs accept a signature over that URL with
+/// or without the port: the daemon may see another URL than the configured one (behind a
+/// proxy), and Twilio writes `:443` out on some callbacks.
+#[test]
+fn a_callback_signed_over_the_configured_url_or_with_its_port_verifies() {
+    let configured = "https://hooks.shop.example/v1/channels/sms/status";
+    let channel = TwilioKind
+        .build(
+            "sms",
+            &json!({"kind": "twilio", "account_sid": "AC1", "auth_token": "tok", "from": "+1555",
+                    "status_callback": configured}),
+        )
+        .unwrap();
+    let body = "MessageSid=SM42&MessageStatus=delivered&To=%2B15551234";
+    let params = form(&[
+        ("MessageSid", "SM42"),
+        ("MessageStatus", "delivered"),
+        ("To", "+15551234"),
+    ]);
+    let seen = "http://127.0.0.1:8080/v1/channels/sms/status";
+
+    let over_configured = signature("tok", configured, &params);
+    let receipts = channel
+        .receipts(&callback(seen, body, &over_configured))
+        .unwrap();
+    assert_eq!(receipts[0].status, ReceiptStatus::Delivered);
+
+    let with_port = signature(
+        "tok",
+        "https://hooks.shop.example:443/v1/channels/sms/status",
+        &params,
+    );
+    assert!(channel.receipts(&callback(seen, body, &with_port)).is_ok());
+    assert!(
+        channel
+            .receipts(&callback(configured, body, &with_port))
+            .is_ok()
+    );
+
+    let elsewhere = signature(
+        "tok",
+        "https://evil.example/v1/channels/sms/status",
+        &params,
+    );
+    assert_eq!(
+        channel.receipts(&callback(seen, body, &elsewhere)),
+        Err(ReceiptError::BadSignature)
+    );
+}
+
+#[test]
+fn a_switched_off_handset_is_not_gone_and_a_read_message_is_opened() {
+    let channel = TwilioKind
+        .build(
+            "sms",
+            &json!({"kind": "twilio", "account_sid": "AC1", "auth_token": "tok", "from": "+1555"}),
+        )
+        .unwrap();
+    let url = "https://w.example/v1/channels/sms/status";
+    let receipt = |pairs: &[(&str, &str)]| {
+        let body: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let sig = signature("tok", url, &form(pairs));
+        let mut receipts = channel
+            .receipts(&callback(url, &body.join("&"), &sig))
+            .unwrap();
+        assert_eq!(receipts.len(), 1);
+        receipts.remove(0)
+    };
+    // 30003: "switched off or otherwise unavailable", which passes.
+    let off = receipt(&[
+        ("MessageSid", "SM1"),
+        ("MessageStatus", "undelivered"),
+        ("ErrorCode", "30003"),
+    ]);
+    assert_eq!(
+        off.status,
+        ReceiptStatus::Bounced {
+            address_gone: false
+        }
+    );
+    assert_eq!(off.detail.as_deref(), Some("Twilio error 30003"));
+    let landline = receipt(&[
+        ("MessageSid", "SM2"),
+        ("MessageStatus", "failed"),
+        ("ErrorCode", "30006"),
+    ]);
+    assert_eq!(
+        landline.status,
+        ReceiptStatus::Bounced { address_gone: true }
+    );
+    let read = receipt(&[("MessageSid", "SM3"), ("MessageStatus", "read")]);
+    assert_eq!(read.status, ReceiptStatus::Opened);
+    assert_eq!(read.provider_id.as_deref(), Some("SM3"));
+}

@@ -36,7 +36,7 @@
 //! | `ok: true` | delivered; the provider id is `{chat_id}:{message_id}` |
 //! | 403 (bot blocked, user deactivated, bot kicked, can't initiate a conversation) | permanent, address gone |
 //! | 400 `chat not found`, `user not found`, `PEER_ID_INVALID`, group upgraded to a supergroup | permanent, address gone |
-//! | 429 | retryable, after `parameters.retry_after` (or the `Retry-After` header) |
+//! | 429 | retryable, after `parameters.retry_after` (or the `Retry-After` header, in seconds or as an HTTP date) |
 //! | 5xx, 408, timeouts, connection errors | retryable |
 //! | any other 4xx (bad markup, text too long, bad token) | permanent |
 //!
@@ -50,8 +50,9 @@
 //! `webhook_secret`) at `POST /v1/channels/{name}/status`; each update is checked against
 //! the `X-Telegram-Bot-Api-Secret-Token` header and turned into receipts:
 //!
-//! - `my_chat_member` with the bot's new status `kicked`: the user blocked the bot (or
-//!   removed it from the group) → bounced, address gone, for that chat.
+//! - `my_chat_member` with the bot's new status `kicked` (the user blocked the bot, or a
+//!   group banned it) or `left` (a group or channel removed it) → bounced, address gone,
+//!   for that chat.
 //! - `callback_query` (a press on an inline button of one of our messages) → clicked.
 //! - any other update → no receipts.
 //!
@@ -185,7 +186,9 @@ impl TelegramChannel {
 #[async_trait]
 impl Channel for TelegramChannel {
     async fn deliver(&self, message: &OutboundMessage) -> Result<Delivery, DeliveryError> {
-        let address = message.require_address()?;
+        // A stray space would turn a chat id into an unknown `@username`, and Telegram's
+        // `chat not found` would then mark a good address gone.
+        let address = message.require_address()?.trim();
         let text = message.field("text");
         if text.is_empty() {
             return Err(DeliveryError::permanent(
@@ -250,14 +253,20 @@ impl Channel for TelegramChannel {
             .map_err(|e| ReceiptError::Malformed(format!("not a Telegram update: {e}")))?;
 
         let mut receipts = Vec::new();
+        // `kicked`: the user blocked the bot (a private chat) or a group banned it; `left`:
+        // a group or channel removed it. Either way the bot cannot write there any more.
         if let Some(member) = update.my_chat_member
-            && member.new_chat_member.status == "kicked"
+            && matches!(member.new_chat_member.status.as_str(), "kicked" | "left")
         {
             receipts.push(Receipt {
                 provider_id: None,
                 address: Some(member.chat.id.to_string()),
                 status: ReceiptStatus::Bounced { address_gone: true },
-                detail: Some("the user blocked the bot".to_owned()),
+                detail: Some(if member.new_chat_member.status == "kicked" {
+                    "the user blocked the bot, or the chat banned it".to_owned()
+                } else {
+                    "the bot was removed from the chat".to_owned()
+                }),
             });
         }
         if let Some(query) = update.callback_query {
@@ -326,13 +335,13 @@ fn classify(status: u16, retry_after: Option<&str>, answer: ApiResponse) -> Deli
     let parameters = answer.parameters;
 
     if code == 429 {
-        let wait = parameters
-            .as_ref()
-            .and_then(|p| p.retry_after)
-            .or_else(|| retry_after.and_then(|s| s.trim().parse().ok()));
+        let wait = match parameters.as_ref().and_then(|p| p.retry_after) {
+            Some(seconds) => Some(Duration::from_secs(seconds)),
+            None => retry_after.and_then(waymark_channel::retry_after_header),
+        };
         return DeliveryError::Retryable {
             reason: format!("Telegram {code}: {description}"),
-            retry_after: wait.map(Duration::from_secs),
+            retry_after: wait,
         };
     }
     let lower = description.to_ascii_lowercase();

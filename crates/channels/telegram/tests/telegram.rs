@@ -146,6 +146,53 @@ async fn flood_control_waits_as_long_as_telegram_asks() {
     }
 }
 
+/// An HTTP date (RFC 9110) `seconds` from now, as a `Retry-After` header may carry it.
+fn http_date_in(seconds: i64) -> String {
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the adapter reads the date against the wall clock"
+    )]
+    let now = chrono::Utc::now();
+    (now + chrono::TimeDelta::seconds(seconds))
+        .format("%a, %d %b %Y %H:%M:%S GMT")
+        .to_string()
+}
+
+#[tokio::test]
+async fn flood_control_without_parameters_heeds_a_retry_after_date() {
+    let answer = Reply::json(
+        429,
+        json!({"ok": false, "error_code": 429, "description": "Too Many Requests"}),
+    )
+    .with_header("retry-after", &http_date_in(120));
+    match outcome(answer).await {
+        Err(DeliveryError::Retryable {
+            retry_after: Some(wait),
+            ..
+        }) => assert!(
+            (Duration::from_secs(100)..=Duration::from_secs(120)).contains(&wait),
+            "{wait:?}"
+        ),
+        other => panic!("429 must be retryable after the date, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_chat_id_with_stray_spaces_is_still_sent_as_a_number() {
+    let server = MockServer::start(sent(3)).await;
+    let delivery = channel(&server, json!({}))
+        .deliver(&sample_message("telegram", Some(" -1001234567890\n")))
+        .await
+        .expect("delivered");
+
+    assert_eq!(
+        server.only_request().json()["chat_id"],
+        json!(-1_001_234_567_890_i64)
+    );
+    // The answer's chat names the message, whatever the address looked like.
+    assert_eq!(delivery.provider_id.as_deref(), Some("1001:3"));
+}
+
 #[tokio::test]
 async fn server_errors_retry_and_other_refusals_are_permanent() {
     let answer = Reply::json(
@@ -274,6 +321,29 @@ fn a_blocked_bot_update_bounces_the_chat() {
         ReceiptStatus::Bounced { address_gone: true }
     );
     assert_eq!(receipts[0].address.as_deref(), Some("1001"));
+}
+
+#[test]
+fn a_bot_removed_from_a_group_bounces_the_group() {
+    let body = json!({
+        "update_id": 14,
+        "my_chat_member": {
+            "chat": {"id": -1_001_234_567_890_i64, "type": "supergroup", "title": "Shop fans"},
+            "from": {"id": 1001, "is_bot": false, "first_name": "Ann"},
+            "date": 1_700_000_000,
+            "old_chat_member": {"status": "member", "user": {"id": 9, "is_bot": true, "first_name": "Shop"}},
+            "new_chat_member": {"status": "left", "user": {"id": 9, "is_bot": true, "first_name": "Shop"}}
+        }
+    });
+    let receipts = receipts_channel()
+        .receipts(&update(Some(SECRET), &body))
+        .expect("verified");
+    assert_eq!(receipts.len(), 1);
+    assert_eq!(
+        receipts[0].status,
+        ReceiptStatus::Bounced { address_gone: true }
+    );
+    assert_eq!(receipts[0].address.as_deref(), Some("-1001234567890"));
 }
 
 #[test]

@@ -50,7 +50,9 @@
 //! `X-Viber-Content-Signature: HEX(HMAC-SHA256(auth_token, raw body))` and turned into
 //! receipts: `delivered` → delivered, `seen` → opened, `failed` → bounced, `unsubscribed` →
 //! bounced with the address gone (the user left the bot, so it can no longer write to
-//! them). The provider id is the callback's `message_token`; other events (`subscribed`,
+//! them). The provider id is the callback's `message_token`, except for `unsubscribed`,
+//! whose token is the callback's own: that receipt names only the user, and the daemon
+//! matches it to the latest message sent to them. Other events (`subscribed`,
 //! `conversation_started`, `message`, `webhook`) give no receipts.
 
 use std::sync::Arc;
@@ -236,12 +238,16 @@ impl Channel for ViberChannel {
             "unsubscribed" => ReceiptStatus::Bounced { address_gone: true },
             _ => return Ok(Vec::new()),
         };
-        let detail = match event.event.as_str() {
-            "unsubscribed" => Some("the user unsubscribed from the bot".to_owned()),
-            _ => event.desc,
+        // An `unsubscribed` callback's `message_token` names the callback itself, not a
+        // message we sent: matched by it, the receipt would find nothing and the user would
+        // stay reachable. It is about the user, so it names only them, and the daemon takes
+        // the latest message sent to that address.
+        let (provider_id, detail) = match event.event.as_str() {
+            "unsubscribed" => (None, Some("the user unsubscribed from the bot".to_owned())),
+            _ => (event.message_token.map(|t| t.to_string()), event.desc),
         };
         Ok(vec![Receipt {
-            provider_id: event.message_token.map(|t| t.to_string()),
+            provider_id,
             address: event.user_id,
             status,
             detail,

@@ -279,6 +279,9 @@ fn an_unsubscribe_means_the_address_is_gone() {
         ReceiptStatus::Bounced { address_gone: true }
     );
     assert_eq!(receipts[0].address.as_deref(), Some(USER));
+    // The token is the callback's own, no message's: matched by it, the receipt would find
+    // nothing. The daemon matches by the address instead.
+    assert_eq!(receipts[0].provider_id, None);
 }
 
 #[test]

@@ -30,7 +30,11 @@
 //!
 //! A receiver verifies with [`verify_signature`] (or the same three lines in any language)
 //! and should refuse timestamps older than a few minutes, which stops replays. A 2xx answer
-//! is a delivery; an `id` field in a JSON answer becomes the provider id.
+//! is a delivery; an `id` field in a JSON answer becomes the provider id. 408, 425, 429 and
+//! 5xx retry (with `Retry-After`), and so does no answer within `timeout`; other answers
+//! fail the message. Redirects are not followed: a 3xx fails the message and says so, so
+//! that `url` gets set to where it points (following a 301, 302 or 303 would have turned
+//! the `POST` into a `GET` without the body).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -107,8 +111,11 @@ impl ChannelKind for WebhookKind {
             headers.insert(name, value);
         }
         let timeout = check.seconds("timeout", config.timeout)?;
+        // No redirects: following a 301, 302 or 303 turns the POST into a GET without the
+        // body, which the receiver answers 2xx and the message counts as delivered unread.
         let client = http::client_builder(timeout)
             .default_headers(headers)
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| check.section_error(format!("cannot set up HTTP: {e}")))?;
         Ok(Arc::new(Webhook {
@@ -153,6 +160,13 @@ impl Channel for Webhook {
         }
         // The receiver took the message once it answers 2xx, even if its body is then lost.
         let answer = http::send_lenient(request.body(body.to_owned()), "the webhook").await?;
+        if (300..400).contains(&answer.status) {
+            // The `Location` stays out of the reason: it may repeat a secret path of `url`.
+            return Err(answer.status_error_with(
+                "the webhook answered with a redirect, which is not followed; set `url` to \
+                 the address it redirects to",
+            ));
+        }
         if !answer.is_success() {
             return Err(answer.status_error());
         }

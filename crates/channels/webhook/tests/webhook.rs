@@ -185,3 +185,27 @@ fn config_is_checked_and_unknown_keys_refused() {
             .is_err()
     );
 }
+
+/// Following a 302 would turn the POST into a GET without the body, which the receiver
+/// answers 200: the message would count as delivered and never arrive.
+#[tokio::test]
+async fn a_redirect_fails_the_message_and_is_not_followed() {
+    let server = MockServer::start(Reply::json(200, json!({"id": "lost"}))).await;
+    server.push(Reply::text(302, "").with_header("location", "/tasks/"));
+    let channel = WebhookKind.build("crm_task", &config(&server)).unwrap();
+    match channel.deliver(&sample_message("crm_task", None)).await {
+        Err(DeliveryError::Permanent {
+            address_gone: false,
+            reason,
+        }) => assert!(
+            reason.contains("302") && reason.contains("redirect"),
+            "{reason}"
+        ),
+        other => panic!("a redirect must fail the message, got {other:?}"),
+    }
+    let request = server.only_request();
+    assert_eq!(
+        (request.method.as_str(), request.path.as_str()),
+        ("POST", "/tasks")
+    );
+}

@@ -62,7 +62,8 @@
 //! | 0, 190, 10, 200-299 | the token or its permissions | permanent (fix the config) |
 //! | others | | by HTTP status: 5xx and 429 retry, other 4xx are permanent |
 //!
-//! Retryable answers honour a `Retry-After` header when Meta sends one.
+//! Retryable answers honour a `Retry-After` header (seconds or an HTTP date) when Meta
+//! sends one.
 //!
 //! # Delivery receipts
 //!
@@ -382,9 +383,7 @@ fn classify(status: u16, retry_after: Option<&str>, error: &GraphError) -> Deliv
     let reason = format!("WhatsApp error {code}: {words}");
     let retryable = |reason: String| DeliveryError::Retryable {
         reason,
-        retry_after: retry_after
-            .and_then(|s| s.trim().parse().ok())
-            .map(Duration::from_secs),
+        retry_after: retry_after.and_then(waymark_channel::retry_after_header),
     };
     match code {
         UNDELIVERABLE => DeliveryError::address_gone(reason),

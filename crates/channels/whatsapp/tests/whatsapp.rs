@@ -205,6 +205,34 @@ async fn throttling_codes_are_retryable_whatever_the_http_status() {
 }
 
 #[tokio::test]
+async fn a_throttling_code_heeds_a_retry_after_date() {
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the adapter reads the date against the wall clock"
+    )]
+    let now = chrono::Utc::now();
+    let date = (now + chrono::TimeDelta::seconds(90))
+        .format("%a, %d %b %Y %H:%M:%S GMT")
+        .to_string();
+    let answer = graph_error(
+        400,
+        131_056,
+        "(Business Account, Consumer Account) pair rate limit hit",
+    )
+    .with_header("retry-after", &date);
+    match outcome(answer).await {
+        Err(DeliveryError::Retryable {
+            retry_after: Some(wait),
+            ..
+        }) => assert!(
+            (Duration::from_secs(70)..=Duration::from_secs(90)).contains(&wait),
+            "{wait:?}"
+        ),
+        other => panic!("131056 must be retryable after the date, got {other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn an_undeliverable_number_is_gone_and_other_refusals_are_permanent() {
     assert!(matches!(
         outcome(graph_error(400, 131_026, "Message Undeliverable")).await,
