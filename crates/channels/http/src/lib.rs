@@ -17,9 +17,14 @@ use std::time::Duration;
 use waymark_channel::{DeliveryError, body_snippet};
 
 /// A client builder whose requests give up after `timeout`, from connecting to the last
-/// byte of the answer. For adapters that set more than the timeout (default headers).
+/// byte of the answer, and follow no redirect: following a 301, 302 or 303 turns a POST
+/// into a GET without its body, which the other end may answer 2xx, and the message would
+/// count as delivered unread. A 3xx is answered as it is, a permanent refusal by the usual
+/// status verdict. For adapters that set more than the timeout (default headers).
 pub fn client_builder(timeout: Duration) -> reqwest::ClientBuilder {
-    reqwest::Client::builder().timeout(timeout)
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
 }
 
 /// A client whose requests give up after `timeout`, from connecting to the last byte of
