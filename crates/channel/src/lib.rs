@@ -153,6 +153,12 @@ impl DeliveryError {
     }
 }
 
+/// Compares two secrets (a token, a signature) without an early exit, so that the time
+/// an answer takes does not tell a guesser how much of it was right.
+pub fn secrets_match(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// A provider's `Retry-After` header: delay seconds, or an HTTP date (RFC 9110), as the
 /// wait from now (none for a date already past, or a value that is neither).
 pub fn retry_after_header(value: &str) -> Option<Duration> {
@@ -304,6 +310,16 @@ pub trait Channel: Send + Sync + 'static {
     fn receipts(&self, callback: &StatusCallback) -> Result<Vec<Receipt>, ReceiptError> {
         let _ = callback;
         Err(ReceiptError::Unsupported)
+    }
+
+    /// Answers a provider's check that the status callback URL is its subscriber's
+    /// (`GET /v1/channels/{name}/status`, with the provider's query parameters): the text
+    /// to answer with, or `None` to refuse. Meta's webhooks, for one, are not registered
+    /// until the URL echoes `hub.challenge` for the right `hub.verify_token`. By default
+    /// every check is refused.
+    fn verify_subscription(&self, query: &BTreeMap<String, String>) -> Option<String> {
+        let _ = query;
+        None
     }
 }
 
@@ -519,6 +535,13 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_compare_exactly() {
+        assert!(secrets_match(b"abc", b"abc"));
+        assert!(!secrets_match(b"abc", b"abd"));
+        assert!(!secrets_match(b"abc", b"ab"));
+    }
 
     #[test]
     fn retry_after_is_read_as_seconds_or_as_an_http_date() {

@@ -1002,7 +1002,7 @@ async fn authenticate(State(daemon): State<Arc<Daemon>>, request: Request, next:
         Some(Ok(key))
             if keys
                 .iter()
-                .any(|k| constant_time_eq(k.as_bytes(), key.as_bytes())) =>
+                .any(|k| waymark_channel::secrets_match(k.as_bytes(), key.as_bytes())) =>
         {
             return next.run(request).await;
         }
@@ -1050,12 +1050,6 @@ fn api_key(value: &header::HeaderValue) -> Result<String, String> {
     ))
 }
 
-/// Compares without an early exit, so response times don't reveal how much of a key
-/// matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// The API on a daemon. Calls need an API key (when configured) except `/healthz`, for
 /// load balancers, and the [`callbacks`] that providers and customers reach, which prove
 /// themselves by signatures.
@@ -1064,7 +1058,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/healthz", get(healthz))
         .route(
             "/v1/channels/{name}/status",
-            post(callbacks::channel_status),
+            post(callbacks::channel_status).get(callbacks::channel_subscription),
         )
         .route(
             "/l/unsubscribe/{token}",

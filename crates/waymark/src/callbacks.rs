@@ -15,11 +15,11 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{OriginalUri, Path, State};
+use axum::extract::{OriginalUri, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use serde_json::{Map, Value, json};
-use waymark_channel::{ReceiptError, ReceiptStatus, StatusCallback};
+use waymark_channel::{ReceiptError, ReceiptStatus, StatusCallback, decode_form};
 use waymark_store::NewEvent;
 
 use crate::api::{ApiError, record_event};
@@ -58,6 +58,27 @@ fn message_event(
         properties,
         message_id: Some(message_id),
     }
+}
+
+/// `GET /v1/channels/{name}/status`: a provider checking that the callback URL is its
+/// subscriber's; answered in plain text with what the channel says, or refused.
+pub async fn channel_subscription(
+    State(daemon): State<Arc<Daemon>>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<String, ApiError> {
+    let Some(channel) = daemon.channels.get(&name) else {
+        return Err(ApiError::not_found(format!("no channel `{name}`")));
+    };
+    let query = decode_form(query.as_deref().unwrap_or_default())
+        .ok_or_else(|| ApiError::status(StatusCode::BAD_REQUEST, "malformed query string"))?;
+    channel.verify_subscription(&query).ok_or_else(|| {
+        tracing::warn!(channel = %name, "a subscription check was refused");
+        ApiError::status(
+            StatusCode::FORBIDDEN,
+            format!("channel `{name}` does not confirm this subscription"),
+        )
+    })
 }
 
 /// `POST /v1/channels/{name}/status`: a provider's delivery receipts.

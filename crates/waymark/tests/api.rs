@@ -547,6 +547,41 @@ fn twilio_callback(token: &str, params: &[(&str, &str)]) -> Request<Body> {
         .unwrap()
 }
 
+/// A provider's check of the callback URL (Meta's `hub.challenge`) is answered in plain
+/// text with what the channel confirms, without an API key; anything else is refused.
+#[tokio::test]
+async fn a_providers_subscription_check_is_answered_by_its_channel() {
+    let f = fixture_with(&["k1"], |config| {
+        config.channels.insert(
+            "whatsapp".to_owned(),
+            json!({"kind": "whatsapp", "access_token": "EAAG-token",
+                   "phone_number_id": "106540352242922", "verify_token": "meta-verify-7"}),
+        );
+    })
+    .await;
+    let check = |token: &str| {
+        Request::get(format!(
+            "/v1/channels/whatsapp/status?hub.mode=subscribe&hub.verify_token={token}&hub.challenge=1158201444"
+        ))
+        .body(Body::empty())
+        .unwrap()
+    };
+    let (status, _, body) = raw(&f, check("meta-verify-7")).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "1158201444"));
+    let (status, _, body) = raw(&f, check("guess")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body.contains("\"error\""), "{body}");
+    // A channel whose kind has no such check confirms nothing.
+    let (status, _, _) = raw(
+        &f,
+        Request::get("/v1/channels/email/status?hub.challenge=1")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
 #[tokio::test]
 async fn provider_receipts_become_events_on_the_customer() {
     let f = fixture_with(&["k1"], |config| {

@@ -9,6 +9,7 @@
 //!     phone_number_id: "106540352242922"      # the sending number's id, not the number itself
 //!     api_version: "v21.0"                    # optional; default v21.0
 //!     app_secret: "${META_APP_SECRET}"        # optional: accept status webhooks as receipts
+//!     verify_token: "${META_VERIFY_TOKEN}"    # optional: answer the webhook's verification
 //!     base_url: "https://graph.facebook.com"  # optional: a proxy or a test server
 //!     timeout: 30                             # optional: seconds per request; default 30
 //! ```
@@ -76,9 +77,12 @@
 //! the idempotency key from `biz_opaque_callback_data`. Without `app_secret` the channel
 //! refuses webhooks: an unauthenticated endpoint would let anyone bounce customers.
 //!
-//! The webhook's `GET` verification handshake (`hub.challenge`) is the daemon's HTTP
-//! layer's business, not this crate's.
+//! Meta registers the webhook only once `GET /v1/channels/{name}/status` answers its
+//! verification request: with `hub.mode=subscribe` and `hub.verify_token` equal to the
+//! configured `verify_token`, the channel answers `hub.challenge`; without `verify_token`
+//! it refuses every such request.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -127,6 +131,8 @@ struct WhatsAppConfig {
     base_url: Option<String>,
     #[serde(default)]
     app_secret: Option<String>,
+    #[serde(default)]
+    verify_token: Option<String>,
     /// Seconds.
     #[serde(default)]
     timeout: Option<u64>,
@@ -158,6 +164,7 @@ struct WhatsAppChannel {
     /// The whole `Authorization` value, built once.
     authorization: String,
     app_secret: Option<String>,
+    verify_token: Option<String>,
 }
 
 impl WhatsAppChannel {
@@ -189,6 +196,9 @@ impl WhatsAppChannel {
         if config.app_secret.as_deref().is_some_and(str::is_empty) {
             return Err(check.error("app_secret", "must not be empty"));
         }
+        if config.verify_token.as_deref().is_some_and(str::is_empty) {
+            return Err(check.error("verify_token", "must not be empty"));
+        }
         let base_url = check.base_url(config.base_url.as_deref(), DEFAULT_BASE_URL)?;
         let timeout = check.timeout(config.timeout, DEFAULT_TIMEOUT)?;
         let client = http::client(timeout)
@@ -199,6 +209,7 @@ impl WhatsAppChannel {
             messages_url: format!("{base_url}/{api_version}/{phone_number_id}/messages"),
             authorization: format!("Bearer {token}"),
             app_secret: config.app_secret,
+            verify_token: config.verify_token,
         })
     }
 
@@ -302,6 +313,17 @@ impl Channel for WhatsAppChannel {
             Some(error) => classify(answer.status, answer.retry_after.as_deref(), &error),
             None => answer.status_error(),
         })
+    }
+
+    fn verify_subscription(&self, query: &BTreeMap<String, String>) -> Option<String> {
+        let expected = self.verify_token.as_deref()?;
+        let given = query.get("hub.verify_token")?;
+        let subscribing = query
+            .get("hub.mode")
+            .is_some_and(|mode| mode == "subscribe");
+        (subscribing && waymark_channel::secrets_match(given.as_bytes(), expected.as_bytes()))
+            .then(|| query.get("hub.challenge").cloned())
+            .flatten()
     }
 
     fn receipts(&self, callback: &StatusCallback) -> Result<Vec<Receipt>, ReceiptError> {

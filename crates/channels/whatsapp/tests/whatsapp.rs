@@ -465,3 +465,48 @@ fn without_an_app_secret_webhooks_are_not_accepted() {
         Some(ReceiptError::Unsupported)
     );
 }
+
+/// Meta's webhook verification: the challenge comes back only for `subscribe` with the
+/// configured token; a channel without `verify_token` confirms nothing.
+#[tokio::test]
+async fn the_webhook_verification_echoes_the_challenge_for_the_configured_token() {
+    let verifying = WhatsAppKind
+        .build(
+            "whatsapp",
+            &json!({
+                "kind": "whatsapp",
+                "access_token": TOKEN,
+                "phone_number_id": PHONE_ID,
+                "verify_token": "meta-verify-7",
+            }),
+        )
+        .expect("valid config");
+    let check = |mode: &str, token: &str| -> BTreeMap<String, String> {
+        [
+            ("hub.mode", mode),
+            ("hub.verify_token", token),
+            ("hub.challenge", "1158201444"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    };
+    assert_eq!(
+        verifying.verify_subscription(&check("subscribe", "meta-verify-7")),
+        Some("1158201444".to_owned())
+    );
+    assert_eq!(
+        verifying.verify_subscription(&check("subscribe", "guess")),
+        None
+    );
+    assert_eq!(
+        verifying.verify_subscription(&check("unsubscribe", "meta-verify-7")),
+        None
+    );
+    let server = MockServer::start(accepted()).await;
+    let silent = channel(&server);
+    assert_eq!(
+        silent.verify_subscription(&check("subscribe", "meta-verify-7")),
+        None
+    );
+}
