@@ -554,61 +554,40 @@ pub(crate) async fn record_event(daemon: &Arc<Daemon>, event: NewEvent) -> Resul
     apply(daemon, Call::Track(event)).await
 }
 
-async fn track(
-    State(daemon): State<Arc<Daemon>>,
-    JsonObject(body): JsonObject,
-) -> Result<Json<Value>, ApiError> {
-    let call = parse_track(&Fields::new(&body, ""), daemon.clock.now(), None)?;
-    Ok(Json(apply(&daemon, call).await?))
+/// The Segment call types, each also a route of its own (`POST /v1/track`, ...).
+const CALLS: [&str; 6] = ["track", "identify", "alias", "page", "screen", "group"];
+
+/// Parses a call of Segment type `kind` received at `now`; `sent_at` is a batch's own.
+fn parse_call(
+    kind: &str,
+    f: &Fields<'_>,
+    now: DateTime<Utc>,
+    sent_at: Option<DateTime<Utc>>,
+) -> Result<Call, ApiError> {
+    match kind {
+        "track" => parse_track(f, now, sent_at),
+        "identify" => parse_identify(f, now),
+        "alias" => parse_alias(f, now),
+        "page" => parse_view(f, "page_viewed", now, sent_at),
+        "screen" => parse_view(f, "screen_viewed", now, sent_at),
+        "group" => parse_group(f, now),
+        other => Err(ApiError::field(
+            f.name("type"),
+            format!(
+                "unsupported type `{other}`; expected one of {}",
+                CALLS.join(", ")
+            ),
+        )),
+    }
 }
 
-async fn identify(
-    State(daemon): State<Arc<Daemon>>,
-    JsonObject(body): JsonObject,
+/// `POST /v1/{kind}`: one call.
+async fn single_call(
+    kind: &'static str,
+    daemon: Arc<Daemon>,
+    body: Map<String, Value>,
 ) -> Result<Json<Value>, ApiError> {
-    let call = parse_identify(&Fields::new(&body, ""), daemon.clock.now())?;
-    Ok(Json(apply(&daemon, call).await?))
-}
-
-async fn page(
-    State(daemon): State<Arc<Daemon>>,
-    JsonObject(body): JsonObject,
-) -> Result<Json<Value>, ApiError> {
-    let call = parse_view(
-        &Fields::new(&body, ""),
-        "page_viewed",
-        daemon.clock.now(),
-        None,
-    )?;
-    Ok(Json(apply(&daemon, call).await?))
-}
-
-async fn screen(
-    State(daemon): State<Arc<Daemon>>,
-    JsonObject(body): JsonObject,
-) -> Result<Json<Value>, ApiError> {
-    let call = parse_view(
-        &Fields::new(&body, ""),
-        "screen_viewed",
-        daemon.clock.now(),
-        None,
-    )?;
-    Ok(Json(apply(&daemon, call).await?))
-}
-
-async fn group_call(
-    State(daemon): State<Arc<Daemon>>,
-    JsonObject(body): JsonObject,
-) -> Result<Json<Value>, ApiError> {
-    let call = parse_group(&Fields::new(&body, ""), daemon.clock.now())?;
-    Ok(Json(apply(&daemon, call).await?))
-}
-
-async fn alias(
-    State(daemon): State<Arc<Daemon>>,
-    JsonObject(body): JsonObject,
-) -> Result<Json<Value>, ApiError> {
-    let call = parse_alias(&Fields::new(&body, ""), daemon.clock.now())?;
+    let call = parse_call(kind, &Fields::new(&body, ""), daemon.clock.now(), None)?;
     Ok(Json(apply(&daemon, call).await?))
 }
 
@@ -634,21 +613,7 @@ async fn batch(
         };
         let f = Fields::new(map, prefix);
         calls.push(match map.get("type").and_then(Value::as_str) {
-            Some("track") => parse_track(&f, now, sent_at)?,
-            Some("identify") => parse_identify(&f, now)?,
-            Some("alias") => parse_alias(&f, now)?,
-            Some("page") => parse_view(&f, "page_viewed", now, sent_at)?,
-            Some("screen") => parse_view(&f, "screen_viewed", now, sent_at)?,
-            Some("group") => parse_group(&f, now)?,
-            Some(other) => {
-                return Err(ApiError::field(
-                    f.name("type"),
-                    format!(
-                        "unsupported type `{other}`; expected track, identify, alias, page, \
-                         screen or group"
-                    ),
-                ));
-            }
+            Some(kind) => parse_call(kind, &f, now, sent_at)?,
             None => return Err(ApiError::field(f.name("type"), "`type` is required")),
         });
     }
@@ -1066,13 +1031,18 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         )
         .route("/l/open/{token}", get(callbacks::open))
         .route("/l/click/{token}", get(callbacks::click));
-    Router::new()
-        .route("/v1/track", post(track))
-        .route("/v1/identify", post(identify))
-        .route("/v1/alias", post(alias))
-        .route("/v1/page", post(page))
-        .route("/v1/screen", post(screen))
-        .route("/v1/group", post(group_call))
+    let mut guarded = Router::new();
+    for kind in CALLS {
+        guarded = guarded.route(
+            &format!("/v1/{kind}"),
+            post(
+                move |State(daemon): State<Arc<Daemon>>, JsonObject(body): JsonObject| {
+                    single_call(kind, daemon, body)
+                },
+            ),
+        );
+    }
+    guarded
         .route("/v1/batch", post(batch))
         .route("/v1/journeys", get(journeys))
         .route("/v1/journeys/{id}", get(journey))
