@@ -1,46 +1,13 @@
 //! The shared conformance suite: the valid workspace loads cleanly, and each broken journey
 //! dropped into it yields its expected first error.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use waymark_journey::{Diagnostic, StepKind, Trigger, load};
 
-fn conformance() -> PathBuf {
-    Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/conformance"
-    ))
-    .to_path_buf()
-}
+mod common;
 
-/// Copies the valid workspace (journeys, segments, templates; not its tests) into `to`.
-fn copy_workspace(to: &Path) {
-    let from = conformance().join("journeys");
-    copy_dir(&from, to);
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let path = entry.path();
-        if path.is_dir() {
-            if entry.file_name() != "tests" {
-                copy_dir(&path, &to.join(entry.file_name()));
-            }
-        } else {
-            std::fs::copy(&path, to.join(entry.file_name())).unwrap();
-        }
-    }
-}
-
-fn header(source: &str, key: &str) -> Option<String> {
-    source
-        .lines()
-        .take_while(|l| l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(&format!("# {key}:")))
-        .map(|v| v.trim().to_owned())
-}
+use common::{conformance, copy_workspace, header};
 
 fn render(diagnostics: &[Diagnostic]) -> String {
     diagnostics.iter().map(Diagnostic::render).collect()

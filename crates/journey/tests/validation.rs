@@ -7,6 +7,10 @@ use tempfile::TempDir;
 use waymark_journey::template::RenderContext;
 use waymark_journey::{Diagnostic, Severity, graph, load};
 
+mod common;
+
+use common::{copy_workspace, header};
+
 const SEGMENTS: &str = "segments:\n  vip:\n    where: profile.vip == true\n";
 const EMAIL_ONLY: &str = "email:\n  subject: Hi\n  text: Hello\n";
 const EMAIL_AND_SMS: &str = "email:\n  subject: Hi\n  text: Hello\nsms:\n  text: Hello\n";
@@ -309,40 +313,6 @@ fn snapshot_of_yaml_errors() {
     insta::assert_snapshot!(rendered);
 }
 
-/// The shared conformance workspace.
-fn conformance_journeys() -> PathBuf {
-    Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/conformance/journeys"
-    ))
-    .to_path_buf()
-}
-
-/// Copies a directory, leaving out `tests/` (scenario tests are not `waymark check`'s).
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let path = entry.path();
-        if path.is_dir() {
-            if entry.file_name() != "tests" {
-                copy_dir(&path, &to.join(entry.file_name()));
-            }
-        } else {
-            std::fs::copy(&path, to.join(entry.file_name())).unwrap();
-        }
-    }
-}
-
-/// The value of `# KEY: VALUE` in a fixture's leading comments.
-fn header(source: &str, key: &str) -> Option<String> {
-    source
-        .lines()
-        .take_while(|l| l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(&format!("# {key}:")))
-        .map(|v| v.trim().to_owned())
-}
-
 /// Each file of `tests/invalid/`, dropped into a copy of the conformance workspace (as
 /// itself, or as its `drop-as` path: `segments.yaml`, `templates/NAME.yaml`), yields as
 /// its first error one in that file, on its `expect-line`, containing its `expect-text`,
@@ -361,7 +331,7 @@ fn each_invalid_fixture_yields_its_expected_first_error() {
         let source = std::fs::read_to_string(&fixture).unwrap();
         let name = fixture.file_name().unwrap().to_string_lossy().into_owned();
         let dir = tempfile::tempdir().unwrap();
-        copy_dir(&conformance_journeys(), dir.path());
+        copy_workspace(dir.path());
         let dropped = dir
             .path()
             .join(header(&source, "drop-as").unwrap_or_else(|| name.clone()));
