@@ -110,6 +110,14 @@ impl Engine {
         &self.current
     }
 
+    /// The journey `id` as customers may still run it: the current workspace's version,
+    /// else (the file was removed) the last version loaded since start.
+    pub fn journey_version(&self, id: &str) -> Option<&Arc<Journey>> {
+        self.current
+            .journey(id)
+            .or_else(|| self.versions.get(id)?.last().map(|v| &v.journey))
+    }
+
     /// The journey version an enrollment runs on.
     pub fn journey_of(&self, enrollment: &Enrollment) -> Option<&Arc<Journey>> {
         self.version(enrollment).map(|v| &v.journey)

@@ -752,11 +752,14 @@ async fn journey(
     State(daemon): State<Arc<Daemon>>,
     PathParam(id): PathParam,
 ) -> Result<Json<Value>, ApiError> {
-    let Some((journey, root)) = daemon.with_engine(|engine| {
+    // A journey whose file was removed is still shown while the daemon knows it: its
+    // customers run on until they leave.
+    let Some((journey, root, loaded)) = daemon.with_engine(|engine| {
         let workspace = engine.workspace();
-        workspace
-            .journey(&id)
-            .map(|j| (j.clone(), workspace.root.clone()))
+        engine.journey_version(&id).map(|j| {
+            let loaded = workspace.journey(&id).is_some();
+            (j.clone(), workspace.root.clone(), loaded)
+        })
     }) else {
         return Err(ApiError::not_found(format!("no journey `{id}`")));
     };
@@ -799,6 +802,7 @@ async fn journey(
         "name": journey.name,
         "description": journey.description,
         "version": journey.version,
+        "loaded": loaded,
         "file": file,
         "definition": definition,
         "versions": versions,

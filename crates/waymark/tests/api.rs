@@ -486,6 +486,39 @@ async fn a_broken_reload_keeps_the_running_journeys() {
     );
 }
 
+/// A journey whose file is removed is still shown while customers are on it, marked as
+/// no longer loaded; one the daemon never knew is not found.
+#[tokio::test]
+async fn a_removed_journey_is_shown_while_customers_are_on_it() {
+    let f = fixture(&[]).await;
+    let root = f.daemon.config.journeys.clone();
+    write(
+        &root,
+        "nap.yaml",
+        "id: nap\ntrigger: {event: tired}\nsteps:\n  rest: {wait: 1h}\n",
+    );
+    let (status, answer) = call(&f, "POST", "/v1/reload", None).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let tired = r#"{"userId": "ann", "event": "tired"}"#;
+    assert_eq!(
+        call(&f, "POST", "/v1/track", Some(tired)).await.0,
+        StatusCode::OK
+    );
+    settle(&f).await;
+    std::fs::remove_file(root.join("nap.yaml")).unwrap();
+    let (status, answer) = call(&f, "POST", "/v1/reload", None).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+
+    let (status, nap) = call(&f, "GET", "/v1/journeys/nap", None).await;
+    assert_eq!(status, StatusCode::OK, "{nap}");
+    assert_eq!(nap["loaded"], false, "{nap}");
+    assert_eq!(nap["steps"][0]["active"], 1, "{nap}");
+    let (_, welcome) = call(&f, "GET", "/v1/journeys/welcome", None).await;
+    assert_eq!(welcome["loaded"], true, "{welcome}");
+    let (status, _) = call(&f, "GET", "/v1/journeys/nope", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
 /// Sends a raw request; answers the status, headers and body text.
 async fn raw(f: &Fixture, request: Request<Body>) -> (StatusCode, axum::http::HeaderMap, String) {
     let response = f.router.clone().oneshot(request).await.unwrap();
