@@ -320,7 +320,7 @@ impl Engine {
             };
             let journey = &version.journey;
             let enrollment = &state.enrollments[i];
-            if let Some(key) = journey.key_property().and_then(|k| event.properties.get(k))
+            if let Some(key) = key_value(journey.key_property(), &event.properties)
                 && enrollment.key.as_deref() != Some(key_string(key).as_str())
             {
                 continue;
@@ -389,10 +389,7 @@ impl Engine {
                 continue;
             }
             drop(scope);
-            let key = key
-                .as_ref()
-                .and_then(|k| event.properties.get(k))
-                .map(key_string);
+            let key = key_value(key.as_deref(), &event.properties).map(key_string);
             self.try_enter(state, &version, key, &event.properties, cx);
         }
     }
@@ -795,6 +792,12 @@ fn scope<'a>(
 
 fn matches(wanted: &EventMatch, event: &Event, scope: &Scope<'_>) -> bool {
     wanted.event == event.name && wanted.condition.as_ref().is_none_or(|c| c.holds(scope))
+}
+
+/// An event's value of a keyed journey's key `property`: `null` counts as no key, as an
+/// absent property does.
+fn key_value<'a>(property: Option<&str>, properties: &'a Map<String, Value>) -> Option<&'a Value> {
+    properties.get(property?).filter(|value| !value.is_null())
 }
 
 /// A key property's value as an enrollment key: strings as they are, other values as JSON.
