@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use waymark_scenario::Report;
 
 /// Cases written in `tests/rules/tests/*.test.yaml`; the suite must run at least these.
-const RULE_CASES: usize = 129;
+const RULE_CASES: usize = 130;
 
 fn here() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -567,8 +567,11 @@ impl Engine {
                 }
                 StepKind::Split { variants } => {
                     let weights: Vec<u32> = variants.iter().map(|v| v.weight).collect();
-                    let variant = &variants
-                        [split_variant(&journey.id, &current.id, &state.profile.id, &weights)];
+                    // Assigned by the id the enrollment began under: a customer's variant
+                    // is fixed forever, an alias merge that moved the enrollment too.
+                    let customer = enrollment.began_under();
+                    let variant =
+                        &variants[split_variant(&journey.id, &current.id, customer, &weights)];
                     enrollment.variant = Some(variant.name.clone());
                     Some(variant.goto)
                 }

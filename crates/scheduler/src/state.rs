@@ -74,6 +74,16 @@ pub struct Enrollment {
     pub sends: u32,
 }
 
+impl Enrollment {
+    /// The customer id the enrollment began under (its id's prefix), which an alias
+    /// merge that moves it to another profile leaves as it was.
+    pub fn began_under(&self) -> &str {
+        self.id
+            .rsplit_once(':')
+            .map_or(&self.id, |(customer, _)| customer)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     Active,
