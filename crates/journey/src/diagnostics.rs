@@ -106,7 +106,19 @@ impl Diagnostic {
         if !place.is_empty() {
             place.push_str(": ");
         }
-        format!("{place}{}: {}", self.severity.as_str(), self.message)
+        // One line, as compilers print it: a message quoting a multi-line text (an
+        // expression in a `|` block) has its line breaks shown as spaces.
+        let message: String = if self.message.contains('\n') {
+            self.message
+                .trim_end()
+                .split('\n')
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(" ")
+        } else {
+            self.message.clone()
+        };
+        format!("{place}{}: {message}", self.severity.as_str())
     }
 
     /// The headline, then the source line with carets under the problem, then the code:

@@ -158,7 +158,7 @@ impl Expr {
                     || "invalid expression".to_owned(),
                     |e| format!("invalid expression `{source}`: {}", e.msg),
                 ),
-                offset: first.and_then(|e| usize::try_from(e.pos.1).ok()),
+                offset: first.and_then(|e| line_column_offset(source, e.pos)),
             }
         })?;
         for name in program.references().functions() {
@@ -597,6 +597,19 @@ fn check_variables(root: &IdedExpr, source: &str) -> Result<(), ExprError> {
             offset: source.find(name).and_then(|at| char_offset(source, at)),
         }),
     }
+}
+
+/// The character offset in `source` of the parser's 1-based `(line, column)`; an
+/// expression written over several lines (a `|` block) counts the lines before.
+fn line_column_offset(source: &str, (line, column): (isize, isize)) -> Option<usize> {
+    let line = usize::try_from(line).ok()?.checked_sub(1)?;
+    let column = usize::try_from(column).ok()?.checked_sub(1)?;
+    let before: usize = source
+        .split('\n')
+        .take(line)
+        .map(|l| l.chars().count() + 1)
+        .sum();
+    Some(before + column)
 }
 
 /// Where the name of the function called with the `(` at byte `paren` starts.

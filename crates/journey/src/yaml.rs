@@ -41,7 +41,10 @@ pub enum Style {
     Plain,
     /// `'...'` or `"..."`: the text starts one column after the node.
     Quoted,
-    /// `|` or `>`: the text starts on a later line.
+    /// `|`: the text starts on the next line, and each of its lines is a line of the file
+    /// at the block's indentation.
+    Literal,
+    /// `>`: the text starts on the next line, its lines folded into one.
     Block,
 }
 
@@ -124,6 +127,19 @@ impl Node {
         let shift = match style {
             Style::Plain => 0,
             Style::Quoted => 1,
+            Style::Literal => {
+                // Past the last line (the end of the text): the end of that line.
+                let written = text.trim_end_matches('\n');
+                let before: String = written.chars().take(offset).collect();
+                let (lines, last) = match before.rsplit_once('\n') {
+                    Some((earlier, last)) => (earlier.matches('\n').count() + 1, last),
+                    None => (0, before.as_str()),
+                };
+                return Pos {
+                    line: self.pos.line + to_u32(lines),
+                    column: self.pos.column + to_u32(last.chars().count()),
+                };
+            }
             Style::Block => return self.pos,
         };
         let chars = u32::try_from(text.chars().count()).unwrap_or(u32::MAX);
@@ -221,7 +237,7 @@ pub fn parse(source: &str, file: &Path) -> Result<Node, Diagnostic> {
         return Ok(Node::new(NodeValue::Null));
     };
     if let Some(second) = docs.next() {
-        let node = convert(&second);
+        let node = convert(&second, source);
         // Point at the `---` that starts the second document, not at what follows it.
         let upto = usize::try_from(node.pos.line).unwrap_or(usize::MAX);
         let pos = source
@@ -241,7 +257,7 @@ pub fn parse(source: &str, file: &Path) -> Result<Node, Diagnostic> {
             "expected one YAML document, found several (`---`)",
         ));
     }
-    Ok(convert(&first))
+    Ok(convert(&first, source))
 }
 
 /// Parses YAML text straight to JSON, for files read as data (scenario tests, config).
@@ -281,7 +297,7 @@ fn key_text_at(source: &str, index: usize) -> String {
     key.trim_matches(|c| c == '"' || c == '\'').to_owned()
 }
 
-fn convert(node: &MarkedYamlOwned) -> Node {
+fn convert(node: &MarkedYamlOwned, source: &str) -> Node {
     let start = node.span.start;
     let end = node.span.end;
     let pos = Pos {
@@ -298,12 +314,14 @@ fn convert(node: &MarkedYamlOwned) -> Node {
         YamlDataOwned::Representation(text, style, _) => {
             NodeValue::Str(text.clone(), style_of(*style))
         }
-        YamlDataOwned::Sequence(items) => NodeValue::Seq(items.iter().map(convert).collect()),
+        YamlDataOwned::Sequence(items) => {
+            NodeValue::Seq(items.iter().map(|item| convert(item, source)).collect())
+        }
         YamlDataOwned::Mapping(entries) => NodeValue::Map(
             entries
                 .iter()
                 .map(|(k, v)| {
-                    let key = convert(k);
+                    let key = convert(k, source);
                     let name = match &key.value {
                         NodeValue::Str(s, _) => s.clone(),
                         NodeValue::Null => "null".to_owned(),
@@ -318,12 +336,12 @@ fn convert(node: &MarkedYamlOwned) -> Node {
                             pos: key.pos,
                             len: key.len,
                         },
-                        convert(v),
+                        convert(v, source),
                     )
                 })
                 .collect(),
         ),
-        YamlDataOwned::Tagged(_, inner) => return convert(inner),
+        YamlDataOwned::Tagged(_, inner) => return convert(inner, source),
         YamlDataOwned::Alias(_) | YamlDataOwned::BadValue => NodeValue::Null,
     };
     // saphyr resolves scalars without their style; recover quoting from the source span
@@ -332,7 +350,7 @@ fn convert(node: &MarkedYamlOwned) -> Node {
         NodeValue::Str(text, Style::Plain) => {
             let chars = to_u32(text.chars().count());
             let style = if len == 0 && chars > 0 {
-                Style::Block
+                block_style(source, pos.line)
             } else if len >= chars + 2 {
                 Style::Quoted
             } else {
@@ -359,7 +377,24 @@ fn style_of(style: ScalarStyle) -> Style {
     match style {
         ScalarStyle::Plain => Style::Plain,
         ScalarStyle::SingleQuoted | ScalarStyle::DoubleQuoted => Style::Quoted,
-        ScalarStyle::Literal | ScalarStyle::Folded => Style::Block,
+        ScalarStyle::Literal => Style::Literal,
+        ScalarStyle::Folded => Style::Block,
+    }
+}
+
+/// The style of a block scalar whose text starts on line `line` (saphyr resolves scalars
+/// without it): `|` when the line before ends in a literal indicator (`|`, `|-`, `|2`,
+/// before any comment), else folded.
+fn block_style(source: &str, line: u32) -> Style {
+    let header = usize::try_from(line)
+        .ok()
+        .and_then(|line| line.checked_sub(2))
+        .and_then(|index| source.lines().nth(index))
+        .unwrap_or_default();
+    let header = header.split(" #").next().unwrap_or_default();
+    match header.split_whitespace().last() {
+        Some(indicator) if indicator.starts_with('|') => Style::Literal,
+        _ => Style::Block,
     }
 }
 
@@ -370,6 +405,27 @@ mod tests {
 
     fn parse_ok(src: &str) -> Node {
         parse(src, Path::new("t.yaml")).unwrap()
+    }
+
+    /// An offset into a `|` block's text is a line and column of the file; a `>` block's
+    /// lines are folded, so its offsets point at the block's start.
+    #[test]
+    fn offsets_into_a_literal_block_find_their_line() {
+        let node = parse_ok("where: |\n  a &&\n    b.c > 1\nother: >\n  x\n  y\n");
+        let literal = node.get("where").unwrap();
+        assert_eq!(literal.pos, Pos { line: 2, column: 3 });
+        // `b` of `b.c`: the second line of the text, two spaces in.
+        assert_eq!(literal.pos_at(7), Pos { line: 3, column: 5 });
+        // The end of the text: the end of its last line, not the line after.
+        assert_eq!(
+            literal.pos_at(100),
+            Pos {
+                line: 3,
+                column: 12
+            }
+        );
+        let folded = node.get("other").unwrap();
+        assert_eq!(folded.pos_at(2), folded.pos);
     }
 
     #[test]

@@ -347,10 +347,11 @@ fn each_invalid_fixture_yields_its_expected_first_error() {
             assert_eq!(first.pos.line.to_string(), line, "{name}:\n{rendered}");
         }
         if let Some(text) = header(&source, "expect-text") {
+            // As `waymark check` prints it: the headline, one line.
+            let headline = first.headline();
             assert!(
-                first.message.contains(&text),
-                "{name}: `{}` does not contain `{text}`",
-                first.message
+                headline.contains(&text),
+                "{name}: `{headline}` does not contain `{text}`"
             );
         }
     }
