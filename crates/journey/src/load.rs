@@ -632,13 +632,22 @@ fn liquid_error(error: &str, text: &str) -> (Option<usize>, String) {
     let known = |name: &str| -> Vec<&str> {
         detail(name).map_or_else(Vec::new, |list| list.split(", ").collect())
     };
+    // Liquid says `--> LINE:COLUMN` (1-based) within the text: as a character offset.
     let offset = error
         .split_once("--> ")
         .and_then(|(_, rest)| rest.split_whitespace().next())
         .and_then(|at| at.split_once(':'))
-        .filter(|(line, _)| *line == "1")
-        .and_then(|(_, column)| column.parse::<usize>().ok())
-        .map(|column| column.saturating_sub(1));
+        .and_then(|(line, column)| {
+            Some((line.parse::<usize>().ok()?, column.parse::<usize>().ok()?))
+        })
+        .map(|(line, column)| {
+            let before: usize = text
+                .split('\n')
+                .take(line.saturating_sub(1))
+                .map(|l| l.chars().count() + 1)
+                .sum();
+            before + column.saturating_sub(1)
+        });
     let char_offset = |byte: usize| text[..byte].chars().count();
     if let Some(filter) = detail("requested filter") {
         let hint = parse::suggestion(filter, known("available filters"));
