@@ -158,7 +158,14 @@ impl Expr {
                     || "invalid expression".to_owned(),
                     |e| format!("invalid expression `{source}`: {}", e.msg),
                 ),
-                offset: first.and_then(|e| line_column_offset(source, e.pos)),
+                // An expression written over several lines (a `|` block) counts the
+                // lines before.
+                offset: first.and_then(|e| {
+                    let (line, column) = e.pos;
+                    let (line, column) =
+                        (usize::try_from(line).ok()?, usize::try_from(column).ok()?);
+                    Some(crate::yaml::offset_of(source, line, column))
+                }),
             }
         })?;
         for name in program.references().functions() {
@@ -597,19 +604,6 @@ fn check_variables(root: &IdedExpr, source: &str) -> Result<(), ExprError> {
             offset: source.find(name).and_then(|at| char_offset(source, at)),
         }),
     }
-}
-
-/// The character offset in `source` of the parser's 1-based `(line, column)`; an
-/// expression written over several lines (a `|` block) counts the lines before.
-fn line_column_offset(source: &str, (line, column): (isize, isize)) -> Option<usize> {
-    let line = usize::try_from(line).ok()?.checked_sub(1)?;
-    let column = usize::try_from(column).ok()?.checked_sub(1)?;
-    let before: usize = source
-        .split('\n')
-        .take(line)
-        .map(|l| l.chars().count() + 1)
-        .sum();
-    Some(before + column)
 }
 
 /// Where the name of the function called with the `(` at byte `paren` starts.

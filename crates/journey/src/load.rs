@@ -638,15 +638,11 @@ fn liquid_error(error: &str, text: &str) -> (Option<usize>, String) {
         .and_then(|(_, rest)| rest.split_whitespace().next())
         .and_then(|at| at.split_once(':'))
         .and_then(|(line, column)| {
-            Some((line.parse::<usize>().ok()?, column.parse::<usize>().ok()?))
-        })
-        .map(|(line, column)| {
-            let before: usize = text
-                .split('\n')
-                .take(line.saturating_sub(1))
-                .map(|l| l.chars().count() + 1)
-                .sum();
-            before + column.saturating_sub(1)
+            Some(crate::yaml::offset_of(
+                text,
+                line.parse().ok()?,
+                column.parse().ok()?,
+            ))
         });
     let char_offset = |byte: usize| text[..byte].chars().count();
     if let Some(filter) = detail("requested filter") {

@@ -284,6 +284,17 @@ pub fn parse_file(file: &Path) -> Result<Node, Diagnostic> {
     parse(&source, file)
 }
 
+/// The character offset in `text` of a 1-based `line` and `column`, as parsers of the
+/// texts inside scalars (CEL, Liquid) report positions.
+pub(crate) fn offset_of(text: &str, line: usize, column: usize) -> usize {
+    let before: usize = text
+        .split('\n')
+        .take(line.saturating_sub(1))
+        .map(|l| l.chars().count() + 1)
+        .sum();
+    before + column.saturating_sub(1)
+}
+
 fn to_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
