@@ -118,6 +118,16 @@ impl Engine {
             .or_else(|| self.versions.get(id)?.last().map(|v| &v.journey))
     }
 
+    /// The send policy in force for journey `id` now: its current version's (its own
+    /// `policy:` over the base policy), or the base policy for a journey not loaded.
+    pub fn policy(&self, id: &str) -> &Policy {
+        self.current
+            .journey(id)
+            .map_or(&self.base_policy, |journey| {
+                &self.current_version(journey).policy
+            })
+    }
+
     /// The journey version an enrollment runs on.
     pub fn journey_of(&self, enrollment: &Enrollment) -> Option<&Arc<Journey>> {
         self.version(enrollment).map(|v| &v.journey)

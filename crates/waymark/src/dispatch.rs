@@ -404,19 +404,12 @@ impl Daemon {
     }
 
     /// The longest a message of `journey` may wait for its delivery: the `max_lateness`
-    /// of the journey's policy as loaded now, over the daemon's policy (the engine's
-    /// resolution, [`waymark_journey::Policy::with`], of this one key); the daemon's own
-    /// for a journey no longer loaded. The current version decides, not the one that made
-    /// the message: the outbox does not keep versions, and a `max_lateness` raised during
-    /// an outage should save the messages it waited out.
+    /// of the policy the engine holds for the journey as loaded now (the daemon's for a
+    /// journey no longer loaded). The current version decides, not the one that made the
+    /// message: the outbox does not keep versions, and a `max_lateness` raised during an
+    /// outage should save the messages it waited out.
     fn max_lateness(&self, journey: &str) -> TimeDelta {
-        let own = self.with_engine(|engine| {
-            engine
-                .workspace()
-                .journey(journey)
-                .and_then(|j| j.policy.max_lateness)
-        });
-        own.unwrap_or(self.config.policy.max_lateness)
+        self.with_engine(|engine| engine.policy(journey).max_lateness)
     }
 
     /// Whether `m` is due longer ago than its journey's `max_lateness` at `now`: the
