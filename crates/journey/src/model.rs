@@ -213,9 +213,13 @@ impl<Z: TimeZone> Iterator for CronTicks<'_, Z> {
 }
 
 /// The first instant whose local time in `zone` is `local` or, when `local` falls in a
-/// gap (clocks going forward), the first instant after the gap, to the minute, as
-/// `wait: {until}` resolves one. An ambiguous time is its first occurrence.
-fn first_instant_at_or_after<Z: TimeZone>(zone: &Z, local: NaiveDateTime) -> Option<DateTime<Z>> {
+/// gap (clocks going forward), the first instant after the gap, to the minute. An
+/// ambiguous time is its first occurrence. Cron ticks and the engine's local times
+/// (`wait: {until}`, quiet hours) are all placed by it.
+pub fn first_instant_at_or_after<Z: TimeZone>(
+    zone: &Z,
+    local: NaiveDateTime,
+) -> Option<DateTime<Z>> {
     // Gaps are an hour or two; one of a whole day (Samoa, 2011) is the longest there is.
     const LONGEST_GAP_MINUTES: i64 = 26 * 60;
     let mut candidate = local;

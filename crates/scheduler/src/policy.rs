@@ -187,17 +187,8 @@ fn window_start(now: DateTime<Utc>, d: TimeDelta) -> Option<DateTime<Utc>> {
 /// going back) is its first occurrence; a time in a gap (clocks going forward) is the
 /// first instant after the gap.
 pub fn local_to_utc(tz: Tz, local: NaiveDateTime) -> DateTime<Utc> {
-    let mut candidate = local;
-    for _ in 0..=180 {
-        if let Some(t) = candidate.and_local_timezone(tz).earliest() {
-            return t.with_timezone(&Utc);
-        }
-        let Some(next) = candidate.checked_add_signed(TimeDelta::minutes(1)) else {
-            break;
-        };
-        candidate = next;
-    }
-    local.and_utc()
+    waymark_journey::first_instant_at_or_after(&tz, local)
+        .map_or_else(|| local.and_utc(), |at| at.with_timezone(&Utc))
 }
 
 /// The next instant after `now` when the local clock in `tz` shows `time`: today if still
