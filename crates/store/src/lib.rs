@@ -73,6 +73,21 @@ impl From<sqlx::Error> for Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// [`Store::ingest_many`] one event after another, each in its own transaction, so that
+/// a failure belongs to its own event: the default, and the backends' way when a batch
+/// transaction fails.
+async fn ingest_each<S: Store + ?Sized>(
+    store: &S,
+    events: &[NewEvent],
+    now: DateTime<Utc>,
+) -> Vec<Result<Ingested>> {
+    let mut results = Vec::with_capacity(events.len());
+    for event in events {
+        results.push(store.ingest_event(event, now).await);
+    }
+    results
+}
+
 /// A backend's `(version, name, sql)` migrations, embedded so the binary needs no files
 /// beside it. Both backends number theirs alike: version N means the same schema in each.
 fn embedded_migrator(migrations: &[(i64, &'static str, &'static str)]) -> Migrator {
@@ -285,11 +300,7 @@ pub trait Store: Send + Sync + 'static {
     /// events are handled in the order they came. A `messageId` repeated within the batch
     /// is accepted once. The default ingests them one after another.
     async fn ingest_many(&self, events: &[NewEvent], now: DateTime<Utc>) -> Vec<Result<Ingested>> {
-        let mut results = Vec::with_capacity(events.len());
-        for event in events {
-            results.push(self.ingest_event(event, now).await);
-        }
-        results
+        ingest_each(self, events, now).await
     }
 
     /// Accepted events not yet handled, oldest first, after sequence number `after`.

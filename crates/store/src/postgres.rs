@@ -436,12 +436,7 @@ impl Store for PostgresStore {
         {
             return results.into_iter().map(Ok).collect();
         }
-        // One transaction each, in order, so that a failure belongs to its own event.
-        let mut results = Vec::with_capacity(events.len());
-        for event in events {
-            results.push(self.ingest_event(event, now).await);
-        }
-        results
+        crate::ingest_each(self, events, now).await
     }
 
     async fn inbox(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>> {
