@@ -24,9 +24,8 @@ use sqlx::sqlite::{
 use crate::codec::{MAX_ALIAS_HOPS, json_text, nanos};
 use crate::tables::Columns as _;
 use crate::{
-    Commit, Customer, DEDUP_WINDOW, Depths, DueTimer, Error, Ingested, JourneyCounts,
-    JourneyVersion, LoggedMessage, NewEvent, OutboxMessage, Result, SentRef, Store, StoredEvent,
-    tables,
+    Commit, Customer, Depths, DueTimer, Error, Ingested, JourneyCounts, JourneyVersion,
+    LoggedMessage, NewEvent, OutboxMessage, Result, SentRef, Store, StoredEvent, tables,
 };
 
 mod batch;
@@ -388,20 +387,13 @@ impl Store for SqliteStore {
 
     async fn ingest_event(&self, event: &NewEvent, now: DateTime<Utc>) -> Result<Ingested> {
         let mut tx = self.writer.begin().await?;
-        if let Some(message_id) = &event.message_id {
-            let fresh = sqlx::query(
-                "INSERT INTO message_ids (message_id, received_at) VALUES (?, ?)
-                 ON CONFLICT (message_id) DO UPDATE SET received_at = excluded.received_at
-                 WHERE message_ids.received_at < ?",
-            )
-            .bind(message_id)
-            .bind(nanos(now))
-            .bind(nanos(now - DEDUP_WINDOW))
-            .execute(&mut *tx)
-            .await?;
-            if fresh.rows_affected() == 0 {
-                return Ok(Ingested::Duplicate);
-            }
+        if let Some(message_id) = &event.message_id
+            && tables::keep_message_id(message_id, now)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_none()
+        {
+            return Ok(Ingested::Duplicate);
         }
         let insert = sqlx::query(
             "INSERT INTO events (customer, name, at, properties, message_id, received_at)
