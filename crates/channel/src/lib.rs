@@ -180,8 +180,15 @@ fn parse_retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<
 }
 
 /// Decodes an `application/x-www-form-urlencoded` text (a form body or a query string), as
-/// providers' status callbacks send them. `None` for bad percent-encoding or non-UTF-8.
+/// providers' status callbacks send them. `None` for bad percent-encoding or non-UTF-8. A
+/// name given twice keeps its last value; [`decode_form_pairs`] keeps each.
 pub fn decode_form(text: &str) -> Option<BTreeMap<String, String>> {
+    decode_form_pairs(text).map(|pairs| pairs.into_iter().collect())
+}
+
+/// [`decode_form`]'s name/value pairs in order, a name given twice kept twice (a provider
+/// that signs the form signs each).
+pub fn decode_form_pairs(text: &str) -> Option<Vec<(String, String)>> {
     text.split('&')
         .filter(|pair| !pair.is_empty())
         .map(|pair| {

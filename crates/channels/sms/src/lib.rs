@@ -53,7 +53,8 @@ use serde::Deserialize;
 use sha1::Sha1;
 use waymark_channel::{
     Channel, ChannelKind, ConfigCheck, ConfigError, Delivery, DeliveryError, OutboundMessage,
-    Receipt, ReceiptError, ReceiptStatus, StatusCallback, body_snippet, decode_form, parse_config,
+    Receipt, ReceiptError, ReceiptStatus, StatusCallback, body_snippet, decode_form_pairs,
+    parse_config,
 };
 use waymark_channel_http as http;
 
@@ -218,7 +219,7 @@ impl Channel for Twilio {
     fn receipts(&self, callback: &StatusCallback) -> Result<Vec<Receipt>, ReceiptError> {
         let pairs = std::str::from_utf8(&callback.body)
             .ok()
-            .and_then(form_pairs)
+            .and_then(decode_form_pairs)
             .ok_or_else(|| ReceiptError::Malformed("the body is not a form".to_owned()))?;
         let signature = callback
             .header("x-twilio-signature")
@@ -259,17 +260,6 @@ fn e164(address: &str) -> String {
         .chars()
         .filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')' | '\u{a0}' | '\t'))
         .collect()
-}
-
-/// A form body's name/value pairs in order, repeated names kept (Twilio signs each value).
-fn form_pairs(body: &str) -> Option<Vec<(String, String)>> {
-    let mut pairs = Vec::new();
-    for pair in body.split('&').filter(|pair| !pair.is_empty()) {
-        // One non-empty pair decodes to exactly one entry.
-        let decoded = decode_form(pair)?;
-        pairs.extend(decoded);
-    }
-    Some(pairs)
 }
 
 /// `url` as Twilio may have signed it: as it is, without its port, and with its scheme's
@@ -369,7 +359,7 @@ mod tests {
 
     #[test]
     fn repeated_form_names_are_signed_value_by_value() {
-        let pairs = form_pairs("b=2&a=1&b=1&c=").unwrap();
+        let pairs = decode_form_pairs("b=2&a=1&b=1&c=").unwrap();
         assert_eq!(pairs.len(), 4);
         let mut mac = Hmac::<Sha1>::new_from_slice(b"tok").unwrap();
         mac.update(b"https://x.example/sa1b1b2c");
