@@ -1,6 +1,6 @@
 //! Durations as marketers write them: `30s`, `15m`, `2h`, `3d`, `1w`, `1d12h`.
 
-use chrono::TimeDelta;
+use chrono::{DateTime, TimeDelta, Utc};
 
 /// The longest duration a journey may use: 100 years of 365.25 days.
 ///
@@ -84,6 +84,18 @@ pub fn format_duration(d: TimeDelta) -> String {
         }
     }
     out
+}
+
+/// The start of the trailing window of length `d` that ends at `now` (the history
+/// functions' windows, frequency caps and fatigue): `None`, all history, when it reaches
+/// past the first representable instant; past the last one when a negative window reaches
+/// beyond it, so nothing counts.
+pub fn window_start(now: DateTime<Utc>, d: TimeDelta) -> Option<DateTime<Utc>> {
+    match now.checked_sub_signed(d) {
+        Some(start) => Some(start),
+        None if d > TimeDelta::zero() => None,
+        None => Some(DateTime::<Utc>::MAX_UTC),
+    }
 }
 
 #[cfg(test)]

@@ -19,11 +19,11 @@ use cel::common::types::{self, CelBool, CelNull, CelString};
 use cel::common::value::CowVal;
 use cel::objects::{Key, Map as CelMap};
 use cel::{Context, Env, ExecutionError, Value as CelValue};
-use chrono::{DateTime, Datelike, NaiveDate, TimeDelta, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use chrono_tz::Tz;
 use serde_json::{Map, Value};
 
-use crate::duration::parse_duration;
+use crate::duration::{parse_duration, window_start};
 use crate::model::{Pos, Segments};
 
 /// The variables an expression may name.
@@ -281,17 +281,6 @@ impl History for NoHistory {
     }
     fn sum(&self, _: &str, _: &str, _: Option<DateTime<Utc>>) -> f64 {
         0.0
-    }
-}
-
-/// Where a history function's trailing window of length `d` up to `now` starts (`since`,
-/// inclusive): `None`, all history, when it reaches past the first representable instant;
-/// past the last one when a negative window reaches beyond it, so nothing counts.
-fn window_start(now: DateTime<Utc>, d: TimeDelta) -> Option<DateTime<Utc>> {
-    match now.checked_sub_signed(d) {
-        Some(since) => Some(since),
-        None if d > TimeDelta::zero() => None,
-        None => Some(DateTime::<Utc>::MAX_UTC),
     }
 }
 
@@ -1035,6 +1024,7 @@ const _: () = {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::TimeDelta;
     use serde_json::json;
 
     fn map(v: Value) -> Map<String, Value> {

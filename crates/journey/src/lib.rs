@@ -18,7 +18,7 @@ pub mod template;
 pub mod yaml;
 
 pub use diagnostics::{Diagnostic, Severity};
-pub use duration::{format_duration, parse_duration};
+pub use duration::{format_duration, parse_duration, window_start};
 pub use expr::{Expr, ExprError, History, Scope};
 pub use journey_file::cron_schedule;
 pub use load::{LoadReport, SEGMENTS_FILE, load, load_report};

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Days, NaiveDate, NaiveDateTime, NaiveTime, TimeDelta, Timelike, Utc};
 use chrono_tz::Tz;
 use serde_json::{Map, Value};
-use waymark_journey::{Cap, ChannelChoice, Policy, QuietHours, SendStep, Template};
+use waymark_journey::{Cap, ChannelChoice, Policy, QuietHours, SendStep, Template, window_start};
 
 use crate::history::{Event, EventLog};
 use crate::state::Profile;
@@ -170,17 +170,6 @@ pub fn later_by(at: DateTime<Utc>, d: TimeDelta) -> DateTime<Utc> {
         } else {
             DateTime::<Utc>::MAX_UTC
         })
-}
-
-/// The start of the trailing window of length `d` that ends at `now`, exclusive; `None`
-/// when the window reaches past the first representable instant and so covers all
-/// history.
-fn window_start(now: DateTime<Utc>, d: TimeDelta) -> Option<DateTime<Utc>> {
-    match now.checked_sub_signed(d) {
-        Some(from) => Some(from),
-        None if d > TimeDelta::zero() => None,
-        None => Some(DateTime::<Utc>::MAX_UTC),
-    }
 }
 
 /// The UTC instant of a local date and time, DST-correct: an ambiguous time (clocks

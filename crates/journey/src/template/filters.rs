@@ -3,7 +3,7 @@
 use std::fmt;
 
 use chrono::format::{Item, StrftimeItems};
-use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, TimeDelta, TimeZone, Utc};
+use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, Utc};
 use chrono_tz::Tz;
 use liquid_core::parser::{FilterArguments, ParameterReflection};
 use liquid_core::{
@@ -155,21 +155,7 @@ fn parse_moment(text: &str, tz: Tz) -> Option<DateTime<Tz>> {
                 .ok()
                 .map(|d| d.and_time(chrono::NaiveTime::MIN))
         })?;
-    at_local(tz, local)
-}
-
-/// `local` in `tz`: an ambiguous time is its first occurrence, one in a gap (clocks going
-/// forward) the first instant after it, as the engine resolves local times.
-fn at_local(tz: Tz, local: NaiveDateTime) -> Option<DateTime<Tz>> {
-    // Gaps are an hour or two; one of a whole day (Samoa, 2011) is the longest there is.
-    let mut candidate = local;
-    for _ in 0..=26 * 60 {
-        if let Some(at) = tz.from_local_datetime(&candidate).earliest() {
-            return Some(at);
-        }
-        candidate = candidate.checked_add_signed(TimeDelta::minutes(1))?;
-    }
-    None
+    crate::model::first_instant_at_or_after(&tz, local)
 }
 
 /// `json`: the value as JSON text; a string quoted and escaped, nil `null`, an object
