@@ -1,64 +1,21 @@
 //! Engine behaviour that scenario files cannot show: timers fired late after downtime,
 //! the runaway-step guard, journeys edited while customers are in them.
 
-use std::path::Path;
 use std::sync::Arc;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::TimeDelta;
 use serde_json::{Map, Value, json};
 use waymark_journey::{Outcome, Policy, StepKind, TraitValue, Workspace};
 use waymark_scheduler::{
     ConventionalChannels, CustomerState, Effect, Engine, Event, SendOutcome, SkipReason,
 };
 
-fn write_workspace(dir: &Path, journey: &str) {
-    std::fs::create_dir_all(dir.join("templates")).unwrap();
-    std::fs::write(dir.join("journey.yaml"), journey).unwrap();
-    std::fs::write(
-        dir.join("templates/hello.yaml"),
-        "email:\n  subject: Hello\n  text: \"Hello {{ profile.first_name | default: 'friend' }}\"\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("templates/bye.yaml"),
-        "email:\n  subject: Bye\n  text: Bye\n",
-    )
-    .unwrap();
-}
+mod common;
 
-fn load(journey: &str) -> Workspace {
-    let dir = tempfile::tempdir().unwrap();
-    write_workspace(dir.path(), journey);
-    waymark_journey::load(dir.path())
-        .unwrap_or_else(|e| panic!("{e:#?}"))
-        .0
-}
+use common::{ann, load, signed_up, t0};
 
 fn engine(workspace: Workspace) -> Engine {
     Engine::new(workspace, Policy::default(), Arc::new(ConventionalChannels))
-}
-
-fn t0() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2026-03-02T10:00:00Z")
-        .unwrap()
-        .to_utc()
-}
-
-fn ann() -> CustomerState {
-    let mut state = CustomerState::new("ann");
-    state.profile.traits = json!({"email": "ann@example.com"})
-        .as_object()
-        .cloned()
-        .unwrap();
-    state
-}
-
-fn signed_up(at: DateTime<Utc>) -> Event {
-    Event {
-        name: "signed_up".to_owned(),
-        at,
-        properties: Map::new(),
-    }
 }
 
 fn messages(effects: &[Effect]) -> Vec<(String, SendOutcome)> {

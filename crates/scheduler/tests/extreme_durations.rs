@@ -2,33 +2,15 @@
 //! a century, so these journeys are built behind its back: the engine must still never
 //! panic on them, since in the daemon a panic takes every customer down with it.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use serde_json::{Map, json};
 use waymark_journey::{Cap, Fatigue, Policy, Reentry, StepKind, Workspace};
-use waymark_scheduler::{
-    ConventionalChannels, CustomerState, Effect, Engine, Event, SendOutcome, SkipReason,
-};
+use waymark_scheduler::{ConventionalChannels, Effect, Engine, SendOutcome, SkipReason};
 
-fn load(journey: &str) -> Workspace {
-    let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), journey);
-    waymark_journey::load(dir.path())
-        .unwrap_or_else(|e| panic!("{e:#?}"))
-        .0
-}
+mod common;
 
-fn write(dir: &Path, journey: &str) {
-    std::fs::create_dir_all(dir.join("templates")).unwrap();
-    std::fs::write(dir.join("journey.yaml"), journey).unwrap();
-    std::fs::write(
-        dir.join("templates/hello.yaml"),
-        "email:\n  subject: Hello\n  text: Hello\n",
-    )
-    .unwrap();
-}
+use common::{ann, load, signed_up, t0};
 
 /// `workspace` with its only journey changed by `edit`.
 fn edited(mut workspace: Workspace, edit: impl FnOnce(&mut waymark_journey::Journey)) -> Workspace {
@@ -40,29 +22,6 @@ fn edited(mut workspace: Workspace, edit: impl FnOnce(&mut waymark_journey::Jour
 
 fn engine(workspace: Workspace, policy: Policy) -> Engine {
     Engine::new(workspace, policy, Arc::new(ConventionalChannels))
-}
-
-fn t0() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2026-03-02T10:00:00Z")
-        .unwrap()
-        .to_utc()
-}
-
-fn ann() -> CustomerState {
-    let mut state = CustomerState::new("ann");
-    state.profile.traits = json!({"email": "ann@example.com"})
-        .as_object()
-        .cloned()
-        .unwrap();
-    state
-}
-
-fn signed_up(at: DateTime<Utc>) -> Event {
-    Event {
-        name: "signed_up".to_owned(),
-        at,
-        properties: Map::new(),
-    }
 }
 
 fn outcomes(effects: &[Effect]) -> Vec<SendOutcome> {
