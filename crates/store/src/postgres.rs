@@ -281,46 +281,43 @@ fn contention_as_conflict(e: Error, customer: &str) -> Error {
     }
 }
 
-/// Marks inbox event `seq` handled by `profile`'s commit. The event's row is locked
-/// first, so a daemon handling it at the same moment waits, then finds it handled. One
-/// customer's events go in the order they were accepted, whichever daemon accepted each:
-/// while an earlier one addressed to the same id (or to the profile) is unhandled, the
-/// commit is refused with [`Error::Behind`].
+/// Marks inbox event `seq` handled by `profile`'s commit, in one statement when it goes
+/// through. The event's row is locked first, so a daemon handling it at the same moment
+/// waits, then finds it handled. One customer's events go in the order they were
+/// accepted, whichever daemon accepted each: while an earlier one addressed to the same id
+/// (or to the profile) is unhandled, the commit is refused with [`Error::Behind`].
 async fn consume_event(
     tx: &mut Transaction<'static, Postgres>,
     profile: &str,
     seq: i64,
 ) -> Result<()> {
-    let addressed: Option<String> = sqlx::query_scalar(
-        "SELECT customer FROM events WHERE seq = $1 AND NOT processed FOR UPDATE",
+    let consumed = sqlx::query(
+        "WITH target AS (
+             SELECT seq, customer FROM events WHERE seq = $2 AND NOT processed FOR UPDATE)
+         UPDATE events SET processed = TRUE, customer = $1
+         FROM target
+         WHERE events.seq = target.seq
+             AND NOT EXISTS (SELECT 1 FROM events AS earlier
+                 WHERE NOT earlier.processed AND earlier.seq < $2
+                     AND earlier.customer IN ($1, target.customer))",
     )
-    .bind(seq)
-    .fetch_optional(&mut **tx)
-    .await?;
-    let Some(addressed) = addressed else {
-        return Err(Error::Handled(seq));
-    };
-    let behind: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM events
-             WHERE NOT processed AND seq < $1 AND customer IN ($2, $3))",
-    )
-    .bind(seq)
-    .bind(&addressed)
     .bind(profile)
-    .fetch_one(&mut **tx)
+    .bind(seq)
+    .execute(&mut **tx)
     .await?;
-    if behind {
-        return Err(Error::Behind {
-            customer: addressed,
-            seq,
-        });
+    if consumed.rows_affected() == 1 {
+        return Ok(());
     }
-    sqlx::query("UPDATE events SET processed = TRUE, customer = $1 WHERE seq = $2")
-        .bind(profile)
-        .bind(seq)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+    // Not consumed: handled already, or behind an earlier event (its row is locked now).
+    let addressed: Option<String> =
+        sqlx::query_scalar("SELECT customer FROM events WHERE seq = $1 AND NOT processed")
+            .bind(seq)
+            .fetch_optional(&mut **tx)
+            .await?;
+    Err(match addressed {
+        None => Error::Handled(seq),
+        Some(customer) => Error::Behind { customer, seq },
+    })
 }
 
 /// The rows of one commit, written into `tx`; see [`Store::commit`].
